@@ -1,0 +1,9 @@
+"""Placeholder: filled in by its issue."""
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args, settings):
+    raise SystemExit("not implemented yet")
