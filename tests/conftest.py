@@ -1,0 +1,230 @@
+"""Shared fixtures: where the real Kafka and ClickHouse are, and throwaway topics / databases on them.
+
+Endpoints are resolved once per session, in this order:
+
+1. ``COPULSE_KAFKA_BOOTSTRAP_SERVERS`` / ``COPULSE_CLICKHOUSE_URL`` (+ ``COPULSE_CLICKHOUSE_PASSWORD``)
+   when set (``make test`` sets both to the local stack);
+2. otherwise testcontainers (Kafka in KRaft mode, ClickHouse with the ``copulse_reader`` user) when a
+   Docker engine answers;
+3. otherwise the local stack of ``make up`` (localhost:9092, localhost:9000). If it does not answer the
+   test FAILS with "run `make up` first": integration tests are never skipped silently.
+
+Fixtures for tests:
+
+- ``kafka_bootstrap`` -> ``"host:port"``
+- ``clickhouse_settings`` -> ``dict`` of ``clickhouse_driver.Client`` keyword arguments (database ``default``)
+- ``clickhouse_db`` -> a ``clickhouse_driver.Client`` on a fresh, uniquely named database, dropped afterwards;
+  its name is ``client.connection.database``
+- ``topic_factory(partitions=6, prefix="test")`` -> name of a fresh topic, deleted afterwards
+- ``settings_factory(**overrides)`` -> ``copulse.settings.Settings`` pointed at the resolved endpoints, with a
+  unique ``app_id`` and a temporary ``worker_data_dir``; ``database="name"`` points ``clickhouse_url`` at
+  that database (e.g. ``settings_factory(database=clickhouse_db.connection.database)``)
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+LOCAL_KAFKA = "localhost:9092"
+LOCAL_CLICKHOUSE = {"host": "localhost", "port": 9000, "user": "default", "password": ""}
+#: users.d file that adds copulse_reader to a stock ClickHouse image (compose and testcontainers)
+READER_USERS_D = REPO_DIR / "deploy" / "docker" / "clickhouse-users.d" / "copulse_reader.xml"
+
+
+def pytest_configure(config):
+    # kafka-python's protocol schema loader uses importlib.resources APIs deprecated in 3.11: noise, not ours
+    config.addinivalue_line("filterwarnings", "ignore:read_text is deprecated:DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore:open_text is deprecated:DeprecationWarning")
+
+
+def unique_name(prefix: str) -> str:
+    """``prefix_<12 hex>``: valid as a Kafka topic and as a ClickHouse database name."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def _docker_answers() -> bool:
+    """True when a Docker engine answers a ping within ~2 s (never raises)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _kafka_answers(bootstrap: str) -> str | None:
+    """None when a metadata request succeeds, else the error text."""
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="copulse-tests", request_timeout_ms=5000)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+    except Exception as exc:  # NoBrokersAvailable, timeouts, ...
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _clickhouse_answers(kwargs: dict) -> str | None:
+    from clickhouse_driver import Client
+
+    try:
+        Client(**kwargs, connect_timeout=3, send_receive_timeout=10).execute("SELECT 1")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def _docker() -> bool:
+    return _docker_answers()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_docker):
+    """Bootstrap servers of a Kafka that answers (env, else testcontainers, else the local stack)."""
+    bootstrap = os.environ.get("COPULSE_KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        error = _kafka_answers(bootstrap)
+        if error:
+            pytest.fail(f"Kafka at COPULSE_KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer ({error})")
+        yield bootstrap
+    elif _docker:
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers < 4.5
+            from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer().with_kraft().with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+        with container:
+            yield container.get_bootstrap_server()
+    else:
+        error = _kafka_answers(LOCAL_KAFKA)
+        if error:
+            pytest.fail(f"Kafka of the local stack does not answer at {LOCAL_KAFKA} ({error}): run `make up` first")
+        yield LOCAL_KAFKA
+
+
+@pytest.fixture(scope="session")
+def clickhouse_settings(_docker):
+    """``clickhouse_driver.Client(**clickhouse_settings)`` reaches a ClickHouse that answers, database ``default``."""
+    if os.environ.get("COPULSE_CLICKHOUSE_URL"):
+        from copulse.settings import Settings
+
+        kwargs = {**Settings().clickhouse, "database": "default"}
+        error = _clickhouse_answers(kwargs)
+        if error:
+            pytest.fail(f"ClickHouse at COPULSE_CLICKHOUSE_URL does not answer ({error})")
+        yield kwargs
+    elif _docker:
+        try:
+            from testcontainers.community.clickhouse import ClickHouseContainer
+        except ImportError:  # testcontainers < 4.5
+            from testcontainers.clickhouse import ClickHouseContainer
+
+        container = ClickHouseContainer("clickhouse/clickhouse-server:latest").with_volume_mapping(
+            str(READER_USERS_D), "/etc/clickhouse-server/users.d/copulse_reader.xml"
+        )
+        with container:
+            yield {
+                "host": container.get_container_host_ip(),
+                "port": int(container.get_exposed_port(container.port)),
+                "user": container.username,
+                "password": container.password,
+                "database": "default",
+            }
+    else:
+        kwargs = {**LOCAL_CLICKHOUSE, "database": "default"}
+        error = _clickhouse_answers(kwargs)
+        if error:
+            pytest.fail(
+                f"ClickHouse of the local stack does not answer at localhost:9000 ({error}): run `make up` first"
+            )
+        yield kwargs
+
+
+@pytest.fixture
+def clickhouse_db(clickhouse_settings):
+    """A ``clickhouse_driver.Client`` connected to a fresh database ``test_<hex>``; dropped after the test."""
+    from clickhouse_driver import Client
+
+    name = unique_name("test")
+    admin = Client(**clickhouse_settings)
+    admin.execute(f"CREATE DATABASE {name}")
+    client = Client(**{**clickhouse_settings, "database": name})
+    try:
+        yield client
+    finally:
+        client.disconnect()
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.disconnect()
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap):
+    """``topic_factory(partitions=6, prefix="test") -> name``: a fresh topic, deleted after the test."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
+    created: list[str] = []
+
+    def make(partitions: int = 6, prefix: str = "test") -> str:
+        name = unique_name(prefix)
+        admin.create_topics(
+            [NewTopic(name=name, num_partitions=partitions, replication_factor=1)],
+            timeout_ms=30000,
+            wait_for_metadata=True,
+        )
+        created.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        if created:
+            try:
+                admin.delete_topics(created, timeout_ms=30000)
+            finally:
+                admin.close()
+        else:
+            admin.close()
+
+
+@pytest.fixture
+def settings_factory(kafka_bootstrap, clickhouse_settings, tmp_path):
+    """``settings_factory(**overrides) -> Settings`` for the resolved Kafka and ClickHouse.
+
+    Defaults: database ``copulse``, a unique ``app_id`` (fresh consumer group and Faust tables) and
+    ``worker_data_dir`` under ``tmp_path``. ``database=...`` picks another database; every other keyword
+    is a ``Settings`` field and wins over the defaults.
+    """
+    from pydantic import SecretStr
+
+    from copulse.settings import Settings
+
+    def make(database: str = "copulse", **overrides) -> Settings:
+        ch = clickhouse_settings
+        user = quote(ch["user"], safe="")
+        values = {
+            "kafka_bootstrap_servers": kafka_bootstrap,
+            "clickhouse_url": f"clickhouse://{user}@{ch['host']}:{ch['port']}/{database}",
+            "clickhouse_password": SecretStr(ch["password"]),
+            "app_id": unique_name("copulse_test"),
+            "worker_data_dir": str(tmp_path / "worker"),
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
