@@ -1,0 +1,43 @@
+# copulse developer entry points. `make` alone lists them.
+# The local stack (Kafka, ClickHouse, Prometheus) runs as background processes under .local/ (deploy/stack.sh).
+
+PYTHON ?= python3
+PYTEST_ARGS ?=
+STACK := deploy/stack.sh
+COPULSE := $(PYTHON) -m copulse.cli
+export PYTHON
+
+.DEFAULT_GOAL := help
+.PHONY: help provision up down status install test run clean-data
+
+help: ## list the targets
+	@echo "usage: make TARGET   (PYTHON=$(PYTHON))"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+provision: ## install what the stack needs and is missing: Kafka jars (mvn), ClickHouse + Prometheus (apt), copulse (pip)
+	$(STACK) provision
+
+up: ## provision, then start Kafka, ClickHouse and Prometheus unless running, and wait until they answer
+	$(STACK) up
+
+down: ## stop the stack's processes (by pid file)
+	$(STACK) down
+
+status: ## one line per service: running or stopped, pid, ports
+	$(STACK) status
+
+install: ## pip install -e '.[dev]'
+	$(PYTHON) -m pip install -e '.[dev]'
+
+test: up ## THE test command: provision + up + pytest against the local stack (PYTEST_ARGS='-k smoke -x' passes through)
+	COPULSE_KAFKA_BOOTSTRAP_SERVERS="$${COPULSE_KAFKA_BOOTSTRAP_SERVERS:-localhost:9092}" \
+	COPULSE_CLICKHOUSE_URL="$${COPULSE_CLICKHOUSE_URL:-clickhouse://default@localhost:9000/copulse}" \
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+run: up ## up, migrate ClickHouse, create topics, run the worker (Ctrl-C stops the worker, not the stack)
+	$(COPULSE) db migrate
+	$(COPULSE) topics create
+	$(COPULSE) worker
+
+clean-data: ## delete the stack's data and logs under .local/ (keeps the Kafka jar cache); stack must be down
+	$(STACK) clean-data
