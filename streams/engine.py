@@ -1,0 +1,335 @@
+"""The KPI engine of one partition index: folds events into event-time windows, exactly.
+
+No Kafka and no Faust in here: the worker (streams/agents.py) feeds it events and persists what
+``flush()`` returns. Time is passed in (``now``), so tests drive it with a fake clock.
+
+State, all of it recoverable from the changelog records ``flush()`` returns:
+
+* ``aggs``: one counter vector per (granularity, window start, slice, slice values) — see streams/kpis.py.
+* ``consumers``: per consumer (a consumer lives in exactly one partition): first purchase time, recent
+  event ids (deduplication), and membership entries per open window (``slice values + tag`` -> the event
+  that added it). Membership entries make distinct counts exact and additive across partitions.
+* the source clocks (streams/watermarks.py), written *last* in every flush. Anything at or below a
+  clock's offset is fully persisted and is skipped when Kafka re-delivers it after a crash.
+
+Records written before the clock in a flush that did not complete may already be persisted; each record
+therefore also remembers the highest offset per source it has applied (``o``) and skips what it has seen.
+A distinct count is incremented by an aggregate iff the membership entry was added by this very event.
+Consumer records are written before aggregate records, so a persisted aggregate never contains an event
+its consumer record lacks; the entry's adder is then always the one of the original processing order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Iterable
+
+from copulse.settings import Settings, slice_dimensions
+from streams.events import EVENT_TYPES, Event
+from streams.kpis import COUNTERS
+from streams.watermarks import NEG_INF, Watermarks
+
+SEP = "\x1f"
+OFFSET_BITS = 40
+OFFSET_MASK = (1 << OFFSET_BITS) - 1
+IDX = {name: i for i, name in enumerate(COUNTERS)}
+SOURCE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}  # stable across restarts
+
+# distinct tags -> counter they feed
+TAG_COUNTER = {"a": IDX["active_consumers"], "p": IDX["participating_consumers"], "b": IDX["purchasers"],
+               "f": IDX["feature_users"], "o": IDX["orders"]}
+RETURNING = IDX["returning_purchasers"]
+
+FOLDED, LATE, WINDOW_CLOSED, DUPLICATE, REPLAYED = "folded", "late", "window_closed", "duplicate", "replayed"
+
+
+@dataclass(slots=True)
+class Agg:
+    counters: list[int] = field(default_factory=lambda: [0] * len(COUNTERS))
+    applied: dict[str, int] = field(default_factory=dict)  # source index (str) -> highest offset applied
+    emitted: int = 0  # version of the last emission
+
+
+def event_deltas(event: Event) -> tuple[list[tuple[int, int]], list[str]]:
+    """What one event adds to every aggregate it belongs to: (counter index, increment) pairs, and the
+    distinct tags it may add (a=active, p=participating, b=purchaser, f=feature user, o:<order>=order)."""
+    rec = event.record
+    deltas = [(IDX["events"], 1)]
+    tags = ["a"]
+    if event.type == "purchase":
+        deltas.append((IDX["revenue_minor"], int(rec["amount"].scaleb(2))))
+        tags += ["b", "o:" + rec["order_id"]]
+    elif event.type == "usage":
+        action = rec["action"]
+        if rec.get("co_creation"):
+            deltas.append((IDX["co_creation_actions"], 1))
+            tags.append("p")
+        if action == "session_start":
+            deltas.append((IDX["sessions"], 1))
+        elif action == "session_end" and rec.get("duration_ms") is not None:
+            deltas += [(IDX["sessions_timed"], 1), (IDX["session_ms"], int(rec["duration_ms"]))]
+        elif action == "feature_use":
+            deltas.append((IDX["feature_uses"], 1))
+            tags.append("f")
+    else:  # feedback
+        kind, score = rec["kind"], rec.get("score")
+        if kind == "survey_invited":
+            deltas.append((IDX["surveys_invited"], 1))
+        else:
+            deltas.append((IDX["co_creation_actions"], 1))
+            tags.append("p")
+        if kind == "survey_response":
+            deltas.append((IDX["survey_responses"], 1))
+        elif kind == "idea":
+            deltas.append((IDX["ideas_submitted"], 1))
+        elif kind == "rating":
+            deltas += [(IDX["ratings"], 1), (IDX["rating_sum"], score), (IDX["ratings_satisfied"], int(score >= 4))]
+        elif kind == "nps":
+            deltas += [(IDX["nps_responses"], 1), (IDX["nps_promoters"], int(score >= 9)),
+                       (IDX["nps_detractors"], int(score <= 6))]
+    return deltas, tags
+
+
+def dimension_value(event: Event, dim: str) -> str | None:
+    if dim == "segment":
+        return event.segment or "unknown"
+    if dim == "feature":
+        return event.record.get("feature") if event.type == "usage" else None
+    return getattr(event, dim)
+
+
+class PartitionEngine:
+    def __init__(self, partition: int, settings: Settings) -> None:
+        self.partition = partition
+        self.granularities = [g * 1000 for g in settings.granularity_seconds]
+        self.finest, self.coarsest = self.granularities[0], self.granularities[-1]
+        self.slices = [(name, slice_dimensions(name)) for name in settings.slices]
+        self.emit_interval = settings.emit_interval_seconds
+        self.wm = Watermarks(settings.allowed_lateness_seconds * 1000, settings.idle_timeout_seconds)
+        self.aggs: dict[tuple, Agg] = {}
+        self.windows: dict[tuple[int, int], set[tuple]] = {}  # (g, ws) -> agg keys
+        self.consumers: dict[str, dict] = {}
+        self.window_consumers: dict[tuple[int, int], set[str]] = {}
+        self.purchasers: dict[tuple, set[str]] = {}  # agg key -> consumers with a purchase in it
+        self.dirty_emit: set[tuple] = set()
+        self.dirty_log: set[tuple] = set()
+        self.dirty_consumers: set[str] = set()
+        self.tombstones: list[str] = []
+        self.last_provisional: float | None = None
+
+    # ------------------------------------------------------------------ per message
+    def is_replay(self, source: str, offset: int) -> bool:
+        """True when this source offset is already reflected in persisted state (skip it entirely)."""
+        return offset <= self.wm.clock(source).offset
+
+    def touch(self, source: str, offset: int, now: float) -> None:
+        """A message of this source partition that was not folded (dead letter)."""
+        self.wm.touch(source, offset, now)
+
+    def process(self, event: Event, offset: int, now: float) -> str:
+        source = str(SOURCE_INDEX[event.type])
+        ts = event.occurred_ms
+        if self.is_replay(source, offset):
+            return REPLAYED
+        if ts - ts % self.finest + self.finest <= self.wm.own(source):
+            self.wm.touch(source, offset, now)
+            return LATE
+        if any(ts - ts % g + g <= self.wm.combined for g in self.granularities):
+            self.wm.touch(source, offset, now)
+            return WINDOW_CLOSED
+        cid = event.consumer_id
+        consumer = self.consumers.get(cid)
+        if consumer is None:
+            consumer = self.consumers[cid] = {"o": {}, "fp": None, "ids": {}, "e": {}}
+        consumer_applied = consumer["o"].get(source, -1) >= offset
+        seen = consumer["ids"].get(event.event_id)
+        if seen is not None and seen & OFFSET_MASK != offset:
+            self.wm.observe(source, offset, ts, now)
+            return DUPLICATE
+        adder = (int(source) << OFFSET_BITS) | offset
+        deltas, tags = event_deltas(event)
+        values_by_slice = []
+        for name, dims in self.slices:
+            values = tuple(dimension_value(event, d) for d in dims)
+            if None not in values:
+                values_by_slice.append((name, values, SEP.join((name, *values, ""))))
+        for g in self.granularities:
+            ws = ts - ts % g
+            wkey = (g, ws)
+            entries = consumer["e"].setdefault(f"{g}:{ws}", {})
+            self.window_consumers.setdefault(wkey, set()).add(cid)
+            for name, values, prefix in values_by_slice:
+                key = (g, ws, name, values)
+                agg = self.aggs.get(key)
+                if agg is None:
+                    agg = self.aggs[key] = Agg()
+                    self.windows.setdefault(wkey, set()).add(key)
+                agg_applied = agg.applied.get(source, -1) >= offset
+                for tag in tags:
+                    ekey = prefix + tag
+                    present = entries.get(ekey)
+                    if present is None and not consumer_applied:
+                        entries[ekey] = adder
+                        first = True
+                    else:
+                        first = present == adder
+                    if first:
+                        if tag == "b":
+                            self.purchasers.setdefault(key, set()).add(cid)
+                        if not agg_applied:
+                            agg.counters[TAG_COUNTER[tag[0]]] += 1
+                if not agg_applied:
+                    counters = agg.counters
+                    for i, inc in deltas:
+                        counters[i] += inc
+                    agg.applied[source] = offset
+                    self.dirty_emit.add(key)
+                    self.dirty_log.add(key)
+        if not consumer_applied:
+            consumer["o"][source] = offset
+            consumer["ids"][event.event_id] = (ts << OFFSET_BITS) | offset
+            if event.type == "purchase" and (consumer["fp"] is None or ts < consumer["fp"]):
+                consumer["fp"] = ts
+            self.dirty_consumers.add(cid)
+        self.wm.observe(source, offset, ts, now)
+        return FOLDED
+
+    # ------------------------------------------------------------------ flush
+    def flush(self, now: float, *, force_provisional: bool = False) -> tuple[list[tuple], list[tuple[str, bytes | None]]]:
+        """Emit KPI rows (finals of closed windows, provisional rows when due) and the changelog records
+        that persist the state, the source clocks last. ``now`` is the wall clock (epoch seconds): it only
+        drives idle watermarks, the provisional cadence and ``emitted_at``. Returns (rows, records)."""
+        combined = self.wm.advance(now)
+        rows: list[tuple] = []
+        emitted_at = datetime.fromtimestamp(int(now), UTC).replace(tzinfo=None)
+        for wkey in sorted(self.windows, key=lambda w: w[1] + w[0]):
+            g, ws = wkey
+            if ws + g > combined:
+                continue
+            for key in self.windows.pop(wkey):
+                rows.append(self._row(key, self.aggs.pop(key), final=True, emitted_at=emitted_at))
+                self.dirty_emit.discard(key)
+                self.dirty_log.discard(key)
+                self.purchasers.pop(key, None)
+                self.tombstones.append(self._agg_record_key(key))
+            self._prune_window(wkey)
+        due = self.last_provisional is None or now - self.last_provisional >= self.emit_interval
+        if (due or force_provisional) and self.dirty_emit:
+            for key in self.dirty_emit:
+                rows.append(self._row(key, self.aggs[key], final=False, emitted_at=emitted_at))
+            self.dirty_emit.clear()
+            self.last_provisional = now
+        elif due:
+            self.last_provisional = now
+        # Order matters: consumers, then aggregates, then the clocks. Kafka keeps the order within the
+        # changelog partition, so a persisted aggregate never holds an event its consumer record lacks.
+        records: list[tuple[str, bytes | None]] = []
+        for cid in self.dirty_consumers:
+            consumer = self.consumers.get(cid)
+            records.append((f"c{SEP}{self.partition}{SEP}{cid}", json.dumps(consumer).encode() if consumer else None))
+        self.dirty_consumers.clear()
+        records += [(k, None) for k in self.tombstones]
+        self.tombstones = []
+        for key in self.dirty_log:
+            agg = self.aggs[key]
+            records.append((self._agg_record_key(key), json.dumps([agg.counters, agg.applied, agg.emitted]).encode()))
+        self.dirty_log.clear()
+        clocks = {s: [c.offset, c.max_ts] for s, c in self.wm.sources.items()}
+        records.append((f"k{SEP}{self.partition}", json.dumps({"s": clocks, "wm": self.wm.combined}).encode()))
+        return rows, records
+
+    def _row(self, key: tuple, agg: Agg, *, final: bool, emitted_at: datetime) -> tuple:
+        g, ws, name, values = key
+        counters = list(agg.counters)
+        counters[RETURNING] = self._returning(key)
+        version = 2 * counters[0] + int(final)
+        agg.emitted = version
+        dims = dict(zip(slice_dimensions(name), values))
+        start = datetime.fromtimestamp(ws / 1000, UTC).replace(tzinfo=None)
+        end = datetime.fromtimestamp((ws + g) / 1000, UTC).replace(tzinfo=None)
+        return (
+            g // 1000, start, name,
+            dims.get("channel", ""), dims.get("region", ""), dims.get("category", ""), dims.get("segment", ""),
+            dims.get("product_id", ""), dims.get("feature", ""), self.partition,
+            *counters,
+            end, version, int(final), emitted_at,
+        )
+
+    def _returning(self, key: tuple) -> int:
+        ws = key[1]
+        count = 0
+        for cid in self.purchasers.get(key, ()):
+            fp = self.consumers[cid]["fp"]
+            if fp is not None and fp < ws:
+                count += 1
+        return count
+
+    def _prune_window(self, wkey: tuple[int, int]) -> None:
+        """Drop a closed window's membership entries (and, for the coarsest granularity, the event ids
+        that only mattered while it was open). Kept in memory only: stale entries in persisted consumer
+        records are pruned on restore and on the consumer's next write."""
+        g, ws = wkey
+        label = f"{g}:{ws}"
+        end = ws + g
+        for cid in self.window_consumers.pop(wkey, ()):
+            consumer = self.consumers.get(cid)
+            if consumer is None:
+                continue
+            consumer["e"].pop(label, None)
+            if g == self.coarsest:
+                ids = consumer["ids"]
+                for eid in [e for e, v in ids.items() if (v >> OFFSET_BITS) < end]:
+                    del ids[eid]
+            if not consumer["e"] and not consumer["ids"] and consumer["fp"] is None:
+                del self.consumers[cid]
+
+    def _agg_record_key(self, key: tuple) -> str:
+        g, ws, name, values = key
+        return SEP.join(("w", str(self.partition), str(g), str(ws), name, *values))
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, records: Iterable[tuple[str, bytes]]) -> None:
+        """Rebuild from the latest changelog record per key (tombstones already removed)."""
+        consumers = []
+        for key, value in records:
+            parts = key.split(SEP)
+            data = json.loads(value)
+            if parts[0] == "k":
+                for source, (offset, max_ts) in data["s"].items():
+                    clock = self.wm.clock(source)
+                    clock.offset, clock.max_ts = offset, max_ts
+                self.wm.combined = data["wm"]
+            elif parts[0] == "w":
+                g, ws, name, values = int(parts[2]), int(parts[3]), parts[4], tuple(parts[5:])
+                counters, applied, emitted = data
+                agg_key = (g, ws, name, values)
+                self.aggs[agg_key] = Agg(counters, applied, emitted)
+                self.windows.setdefault((g, ws), set()).add(agg_key)
+                self.dirty_emit.add(agg_key)
+            elif parts[0] == "c":
+                consumers.append((SEP.join(parts[2:]), data))
+        for cid, consumer in consumers:
+            self.consumers[cid] = consumer
+            for label, entries in consumer["e"].items():
+                g, ws = map(int, label.split(":"))
+                self.window_consumers.setdefault((g, ws), set()).add(cid)
+                for ekey in entries:
+                    *slice_values, tag = ekey.split(SEP)
+                    if tag == "b":
+                        self.purchasers.setdefault((g, ws, slice_values[0], tuple(slice_values[1:])), set()).add(cid)
+        # windows closed before the crash: prune what the records still mention
+        combined = self.wm.combined
+        if combined != NEG_INF:
+            for wkey in [w for w in self.window_consumers if w[0] + w[1] <= combined]:
+                self._prune_window(wkey)
+            for wkey in [w for w in self.windows if w[0] + w[1] <= combined]:
+                for key in self.windows.pop(wkey):  # closed and final, tombstone not persisted yet
+                    self.aggs.pop(key)
+                    self.dirty_emit.discard(key)
+                    self.tombstones.append(self._agg_record_key(key))
+
+    # ------------------------------------------------------------------ introspection
+    def open_windows(self) -> int:
+        return len(self.windows)

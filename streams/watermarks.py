@@ -1,0 +1,89 @@
+"""Event-time watermarks of one partition index (the same partition number of every source topic).
+
+Each source partition (topic, p) has its own clock: the highest event time folded so far and the highest
+offset applied. Its watermark is ``max_ts - allowed_lateness``.
+
+* An event is **late** when the end of its finest-granularity window is at or before the watermark of its
+  *own* source partition. That decision depends only on what came before it in the same Kafka partition,
+  so it is identical on every replay.
+* A window of partition index p **closes** when the combined watermark passes its end. The combined
+  watermark is the minimum over the active source partitions; a source partition with no event for
+  ``idle_timeout`` seconds of wall clock is idle and no longer holds it back. When every source is idle the
+  combined watermark advances with the wall clock, so quiet streams still close their windows.
+  The combined watermark never goes backwards.
+
+Because min(active) <= own watermark, an on-time event can never find its window closed — except after
+idleness, which is the one case where an event is late because its window already closed (``window_closed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NEG_INF = -(2**62)
+
+
+@dataclass(slots=True)
+class SourceClock:
+    offset: int = -1  # highest source offset whose effects are fully persisted/applied
+    max_ts: int = NEG_INF  # highest event time (ms) folded from this source partition
+    last_seen: float | None = None  # wall clock (s) of the last event; not persisted
+
+    def watermark(self, lateness_ms: int) -> int:
+        return self.max_ts - lateness_ms if self.max_ts != NEG_INF else NEG_INF
+
+
+class Watermarks:
+    def __init__(self, lateness_ms: int, idle_timeout_s: float) -> None:
+        self.lateness_ms = lateness_ms
+        self.idle_timeout_s = idle_timeout_s
+        self.sources: dict[str, SourceClock] = {}
+        self.combined = NEG_INF
+
+    def clock(self, topic: str) -> SourceClock:
+        clock = self.sources.get(topic)
+        if clock is None:
+            clock = self.sources[topic] = SourceClock()
+        return clock
+
+    def own(self, topic: str) -> int:
+        return self.clock(topic).watermark(self.lateness_ms)
+
+    def observe(self, topic: str, offset: int, ts: int, now: float) -> None:
+        clock = self.clock(topic)
+        clock.offset = max(clock.offset, offset)
+        if ts > clock.max_ts:
+            clock.max_ts = ts
+        clock.last_seen = now
+
+    def touch(self, topic: str, offset: int, now: float) -> None:
+        """A message that is not folded (dead letter, late) still counts as activity and progress."""
+        clock = self.clock(topic)
+        clock.offset = max(clock.offset, offset)
+        clock.last_seen = now
+
+    def advance(self, now: float) -> int:
+        """Recompute the combined watermark at wall-clock time ``now``; returns it."""
+        active: list[int] = []
+        idle: list[tuple[int, float]] = []
+        for clock in self.sources.values():
+            if clock.max_ts == NEG_INF:
+                continue
+            if clock.last_seen is None:  # restored from the changelog: idle clock starts now
+                clock.last_seen = now
+            wm = clock.watermark(self.lateness_ms)
+            if now - clock.last_seen >= self.idle_timeout_s:
+                idle.append((wm, clock.last_seen))
+            else:
+                active.append(wm)
+        if active:
+            candidate = min(active)
+        elif idle:
+            wm, last_seen = max(idle)
+            newest_seen = max(seen for _, seen in idle)
+            candidate = wm + int((now - newest_seen - self.idle_timeout_s) * 1000)
+        else:
+            candidate = NEG_INF
+        if candidate > self.combined:
+            self.combined = candidate
+        return self.combined
