@@ -74,6 +74,13 @@ svc_marker() {
   esac
 }
 
+# alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies)
+alive() {
+  local state
+  state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Print the pid of NAME if its pid file names a live process of ours; else return 1.
@@ -82,7 +89,7 @@ svc_pid() {
   pidfile="$(svc_pidfile "$1")"
   [[ -f "$pidfile" ]] || return 1
   pid="$(tr -dc '0-9' <"$pidfile")"
-  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+  [[ -n "$pid" ]] && alive "$pid" || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$(svc_marker "$1")" || return 1
   echo "$pid"
 }
@@ -376,11 +383,13 @@ down() {
   for entry in "${stopping[@]+"${stopping[@]}"}"; do
     s="${entry%%:*}"
     pid="${entry#*:}"
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if alive "$pid"; then
       say "$s did not stop within ${STOP_TIMEOUT}s, sending KILL to pid $pid"
       kill -KILL "$pid" 2>/dev/null || true
-      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+      local tries=0
+      while alive "$pid" && ((tries++ < 100)); do sleep 0.1; done
+      alive "$pid" && die "$s (pid $pid) survived KILL"
     fi
     rm -f "$(svc_pidfile "$s")"
     say "$s stopped"
