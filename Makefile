@@ -30,9 +30,13 @@ install: ## pip install -e '.[dev]'
 	$(PYTHON) -m pip install -e '.[dev]'
 
 test: up ## THE test command: provision + up + pytest against the local stack (PYTEST_ARGS='-k smoke -x' passes through)
+	@rc=0; \
 	COPULSE_KAFKA_BOOTSTRAP_SERVERS="$${COPULSE_KAFKA_BOOTSTRAP_SERVERS:-localhost:9092}" \
 	COPULSE_CLICKHOUSE_URL="$${COPULSE_CLICKHOUSE_URL:-clickhouse://default@localhost:9000/copulse}" \
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ -n "$${COPULSE_PYTEST_EXIT_FILE:-}" ]; then echo $$rc > "$$COPULSE_PYTEST_EXIT_FILE"; fi; \
+	if [ $$rc = 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
 
 run: up ## up, migrate ClickHouse, create topics, run the worker (Ctrl-C stops the worker, not the stack)
 	$(COPULSE) db migrate
