@@ -202,7 +202,7 @@ PY
     return 0
   fi
   say "installing the copulse Python package and its dev dependencies ($PYTHON -m pip install -e '.[dev]')"
-  "$PYTHON" -m pip install -q -e "$REPO_DIR[dev]" || die "pip install -e '.[dev]' failed (see above)"
+  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q -e "$REPO_DIR[dev]" || die "pip install -e '.[dev]' failed (see above)"
   mkdir -p "$(dirname "$stamp")"
   echo "$want" >"$stamp"
 }
