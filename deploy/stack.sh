@@ -235,7 +235,7 @@ print(cid)' >"$dir/cluster-id"
     say "formatting Kafka storage $(rel "$dir/data") (cluster id $(cat "$dir/cluster-id"))"
     java -cp "$KAFKA_LIBS/*" -Dlog4j.configuration="file:$REPO_DIR/deploy/kafka/log4j.properties" \
       kafka.tools.StorageTool format -t "$(cat "$dir/cluster-id")" -c "$props" -g >>"$(svc_log kafka)" 2>&1 ||
-      die "formatting Kafka storage failed; see $(svc_log kafka)"
+      name=kafka fail_log "formatting Kafka storage $(rel "$dir/data") failed"
   fi
 }
 
@@ -287,7 +287,7 @@ start() {
   local p
   for p in "${ports[@]}"; do
     if port_open "$p"; then
-      die "port $p (for $name) is taken by a process this script did not start (no live pid in $(rel "$pidfile")).
+      die "port $p (for $name) is taken by a process that is not this stack's (no live pid in $(rel "$pidfile")).
   Find it with: ss -ltnp 'sport = :$p'   then stop it, or give this stack other ports (see the top of deploy/stack.sh)"
     fi
   done
