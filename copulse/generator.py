@@ -615,7 +615,6 @@ def make_producer(settings: Any, **overrides: Any):
         "acks": "all",
         "linger_ms": 20,
         "batch_size": 256 * 1024,
-        "buffer_memory": 128 * 1024 * 1024,
         "max_block_ms": 60_000,
     }
     config.update(overrides)
