@@ -1,0 +1,288 @@
+"""Migrations: rendering per server version, idempotence, concurrency, checksums, and the row contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from clickhouse_driver import Client
+from pydantic import SecretStr
+
+from copulse.settings import Settings
+from sinks.migrations import (
+    MigrationError,
+    load_migrations,
+    migrate,
+    parse_server_version,
+    render,
+    split_statements,
+)
+from sinks.rows import EVENT_COLUMNS, KPI_COLUMNS, REJECT_COLUMNS
+from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+LEGACY = (18, 16, 1)
+MODERN = (24, 8, 4, 13)
+EXPECTED_OBJECTS = {
+    "schema_migrations",
+    "purchases",
+    "usage_events",
+    "feedback",
+    "kpi_windows",
+    "rejected",
+    "dead_letter_summary",
+    "kpi_partials",
+    "kpi_totals",
+    "kpi",
+    "kpi_final",
+}
+
+
+def ch_settings(clickhouse_settings: dict, database: str, **overrides) -> Settings:
+    """Settings for the test ClickHouse only (no Kafka needed)."""
+    ch = clickhouse_settings
+    return Settings(
+        clickhouse_url=f"clickhouse://{quote(ch['user'], safe='')}@{ch['host']}:{ch['port']}/{database}",
+        clickhouse_password=SecretStr(ch["password"]),
+        **overrides,
+    )
+
+
+@pytest.fixture
+def fresh_database(clickhouse_settings):
+    """A database name that does not exist yet (migrate must create it); dropped afterwards."""
+    name = f"test_mig_{uuid.uuid4().hex[:12]}"
+    yield name
+    admin = Client(**clickhouse_settings)
+    admin.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.disconnect()
+
+
+# --- rendering (no server) ---------------------------------------------------------------------------
+
+
+def test_migration_files_are_numbered_without_gaps():
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert all(len(m.checksum) == 64 for m in migrations)
+
+
+@pytest.mark.parametrize("version", [LEGACY, (19, 17, 4), (20, 1)])
+def test_legacy_render_uses_only_18_16_features(version):
+    for migration in load_migrations():
+        sql = "\n".join(split_statements(render(migration.template, "copulse", version)))
+        for modern in ("LowCardinality", "DateTime64", "CODEC", "TTL", "{{", "}}", "OR REPLACE"):
+            assert modern not in sql, f"{migration.name} uses {modern} on {version}"
+        assert "`copulse`." in sql
+
+
+def test_modern_render_uses_low_cardinality():
+    rendered = {m.name: render(m.template, "copulse", MODERN) for m in load_migrations()}
+    raw = rendered["0001_raw_events.sql"]
+    assert "channel          LowCardinality(String)" in raw
+    assert "segment          LowCardinality(Nullable(String))" in raw
+    assert "{{" not in "".join(rendered.values())
+    # the KPI contract columns stay plain String (dimension values are keys of the replacing table)
+    assert "LowCardinality" not in rendered["0002_kpi_windows.sql"]
+
+
+def test_render_refuses_unsafe_database_names():
+    with pytest.raises(MigrationError):
+        render("SELECT 1 FROM `{{db}}`.t", "x`; DROP DATABASE y; --", LEGACY)
+
+
+def test_split_statements_respects_quotes_and_comments():
+    sql = "-- heading; not a statement\nSELECT 'a;b' -- tail; comment\n;\n\nSELECT `we;ird`;\n-- only a comment;\n"
+    assert split_statements(sql) == ["SELECT 'a;b'", "SELECT `we;ird`"]
+
+
+def test_parse_server_version():
+    assert parse_server_version("18.16.1") == (18, 16, 1)
+    assert parse_server_version("24.8.4.13") == (24, 8, 4, 13)
+
+
+def test_print_sql_cli_renders_the_modern_variant_without_a_server(capsys):
+    from copulse.cli import main
+
+    assert main(["db", "migrate", "--print-sql", "--server-version", "24.8"]) == 0
+    out = capsys.readouterr().out
+    assert "LowCardinality(String)" in out and "CREATE VIEW IF NOT EXISTS" in out
+
+
+# --- real ClickHouse ---------------------------------------------------------------------------------
+
+
+def _objects(client: Client, database: str) -> dict[str, str]:
+    return dict(client.execute("SELECT name, engine FROM system.tables WHERE database = %(d)s", {"d": database}))
+
+
+def _columns(client: Client, database: str, table: str) -> list[tuple[str, str]]:
+    return client.execute(
+        "SELECT name, type FROM system.columns WHERE database = %(d)s AND table = %(t)s",
+        {"d": database, "t": table},
+    )
+
+
+@pytest.mark.integration
+def test_migrate_creates_database_and_is_idempotent(clickhouse_settings, fresh_database):
+    settings = ch_settings(clickhouse_settings, fresh_database)
+    names = [m.name for m in load_migrations()]
+    assert migrate(settings) == names
+    assert migrate(settings) == []
+    assert migrate(settings) == []
+    client = Client(**clickhouse_settings)
+    try:
+        objects = _objects(client, fresh_database)
+        assert set(objects) == EXPECTED_OBJECTS
+        assert objects["kpi_windows"] == "ReplacingMergeTree" and objects["kpi"] == "View"
+        recorded = client.execute(
+            f"SELECT version, name, checksum FROM {fresh_database}.schema_migrations FINAL ORDER BY version"
+        )
+        assert recorded == [(m.version, m.name, m.checksum) for m in load_migrations()]
+    finally:
+        client.disconnect()
+
+
+@pytest.mark.integration
+def test_tables_match_the_row_contract(clickhouse_settings, fresh_database):
+    migrate(ch_settings(clickhouse_settings, fresh_database))
+    client = Client(**clickhouse_settings)
+    try:
+        kpi = _columns(client, fresh_database, "kpi_windows")
+        assert tuple(name for name, _ in kpi) == ROW_COLUMNS == KPI_COLUMNS
+        types = dict(kpi)
+        assert types["granularity_seconds"] == "UInt32" and types["partition"] == "UInt16"
+        assert all(types[c] == ("Int64" if c == "revenue_minor" else "UInt64") for c in COUNTERS)
+        assert all(types[c] == "String" for c in KEY_COLUMNS[2:-1])
+        assert types["version"] == "UInt64" and types["is_final"] == "UInt8"
+        assert all(types[c] == "DateTime('UTC')" for c in ("window_start", "window_end", "emitted_at"))
+        keys = client.execute(
+            "SELECT sorting_key, partition_key FROM system.tables WHERE database = %(d)s AND name = 'kpi_windows'",
+            {"d": fresh_database},
+        )[0]
+        assert [c.strip() for c in keys[0].split(",")] == list(KEY_COLUMNS)
+        assert keys[1] == "toYYYYMM(window_start)"
+        for table, columns in EVENT_COLUMNS.items():
+            actual = _columns(client, fresh_database, table)
+            assert tuple(name for name, _ in actual) == columns, table
+            assert dict(actual)["occurred_at"] == "DateTime('UTC')"
+        assert dict(_columns(client, fresh_database, "purchases"))["amount"] == "Decimal(18, 2)"
+        assert tuple(name for name, _ in _columns(client, fresh_database, "rejected")) == REJECT_COLUMNS
+        # every counter and every ratio reaches the public view
+        kpi_view = {name for name, _ in _columns(client, fresh_database, "kpi")}
+        assert set(COUNTERS) <= kpi_view
+        assert {
+            "participation_rate", "csat_avg", "csat_pct", "nps", "survey_response_rate", "revenue", "aov",
+            "returning_purchaser_rate", "avg_session_seconds", "feature_adoption", "feature_adoption_denominator",
+            "is_final", "window_end",
+        } <= kpi_view
+        assert dict(_columns(client, fresh_database, "kpi"))["revenue"] == "Decimal(18, 2)"
+    finally:
+        client.disconnect()
+
+
+@pytest.mark.integration
+def test_concurrent_migrations_in_threads(clickhouse_settings):
+    """Rounds of 4 threads migrating one fresh database at once: none fails, the result is complete."""
+    admin = Client(**clickhouse_settings)
+    try:
+        for _ in range(5):
+            database = f"test_mig_{uuid.uuid4().hex[:12]}"
+            settings = ch_settings(clickhouse_settings, database)
+            errors: list[BaseException] = []
+            barrier = threading.Barrier(4)
+
+            def work():
+                try:
+                    barrier.wait()
+                    migrate(settings)
+                except BaseException as exc:  # collected and asserted below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            try:
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(120)
+                assert not errors, errors
+                assert set(_objects(admin, database)) == EXPECTED_OBJECTS
+                assert migrate(settings) == []
+            finally:
+                admin.execute(f"DROP DATABASE IF EXISTS {database}")
+    finally:
+        admin.disconnect()
+
+
+@pytest.mark.integration
+def test_concurrent_migrations_in_processes(clickhouse_settings, fresh_database):
+    """Three `copulse db migrate` processes (as three workers starting together) into one new database."""
+    ch = clickhouse_settings
+    env = {
+        **os.environ,
+        "COPULSE_CLICKHOUSE_URL": f"clickhouse://{quote(ch['user'], safe='')}@{ch['host']}:{ch['port']}/{fresh_database}",
+        "COPULSE_CLICKHOUSE_PASSWORD": ch["password"],
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "copulse.cli", "db", "migrate"],
+            cwd=REPO_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [(p.wait(120), *p.communicate()) for p in procs]
+    for code, out, err in results:
+        assert code == 0, f"exit {code}\n{out}\n{err}"
+        assert f"database {fresh_database}" in out
+    client = Client(**clickhouse_settings)
+    try:
+        assert set(_objects(client, fresh_database)) == EXPECTED_OBJECTS
+    finally:
+        client.disconnect()
+    assert migrate(ch_settings(clickhouse_settings, fresh_database)) == []
+
+
+@pytest.mark.integration
+def test_an_edited_applied_migration_is_refused(clickhouse_settings, fresh_database, tmp_path):
+    settings = ch_settings(clickhouse_settings, fresh_database)
+    first = tmp_path / "0001_things.sql"
+    first.write_text("CREATE TABLE IF NOT EXISTS `{{db}}`.things (x UInt8) ENGINE = MergeTree() ORDER BY x;\n")
+    assert migrate(settings, migrations=load_migrations(tmp_path)) == ["0001_things.sql"]
+    (tmp_path / "0002_more.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS `{{db}}`.more (y {{lc:String}}) ENGINE = MergeTree() ORDER BY y;\n"
+    )
+    assert migrate(settings, migrations=load_migrations(tmp_path)) == ["0002_more.sql"]
+    first.write_text(first.read_text() + "-- edited\n")
+    with pytest.raises(MigrationError, match="0001_things.sql was changed after it was applied"):
+        migrate(settings, migrations=load_migrations(tmp_path))
+
+
+def test_badly_named_migration_is_refused(tmp_path):
+    (tmp_path / "1_oops.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="NNNN_lower_snake_name.sql"):
+        load_migrations(tmp_path)
+
+
+@pytest.mark.integration
+def test_migrate_cli_reports_unreachable_server(capsys, monkeypatch):
+    from copulse.cli import main
+    from copulse.settings import get_settings
+
+    # nothing listens on port 1 of the loopback: connection refused at once
+    monkeypatch.setenv("COPULSE_CLICKHOUSE_URL", "clickhouse://default@127.0.0.1:1/copulse")
+    get_settings.cache_clear()
+    try:
+        assert main(["db", "migrate"]) == 1
+    finally:
+        get_settings.cache_clear()
+    assert "unreachable at 127.0.0.1:1" in capsys.readouterr().err
