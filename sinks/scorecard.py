@@ -1,9 +1,318 @@
-"""Placeholder: filled in by its issue."""
+"""``copulse kpis``: the latest final KPI scorecard from ClickHouse, as a terminal table or JSON.
+
+Reads the ``kpi_final`` / ``kpi`` views as the read-only user (``COPULSE_CLICKHOUSE_READONLY_USER`` /
+``_PASSWORD``, default copulse_reader) on the server and database of ``COPULSE_CLICKHOUSE_URL``.
+
+Exit codes: 0 scorecard printed, 1 ClickHouse unreachable / not migrated / refused, 3 no such window yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from copulse.settings import duration_seconds, slice_dimensions
+from streams.kpis import COUNTERS
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_DATA = 0, 1, 3
+CENT = Decimal("0.01")
+
+DIMENSION_COLUMNS = ("channel", "region", "category", "segment", "product_id", "feature")
 
 
-def add_arguments(parser):
-    pass
+@dataclass(frozen=True)
+class Kpi:
+    name: str
+    label: str
+    numerator: str | None  # column (or derived name) of the numerator
+    denominator: str | None
+    unit: str  # 'rate' | 'score' | 'nps' | 'money' | 'seconds' | 'count'
 
 
-def run(args, settings):
-    raise SystemExit("not implemented yet")
+#: The scorecard, in display order. Ratios come from the kpi view; numerators/denominators are its columns
+#: (nps_net = nps_promoters - nps_detractors, session_seconds = session_ms / 1000 are derived here).
+KPIS: tuple[Kpi, ...] = (
+    Kpi("active_consumers", "Active consumers", None, None, "count"),
+    Kpi("participation_rate", "Participation rate", "participating_consumers", "active_consumers", "rate"),
+    Kpi("co_creation_actions", "Co-creation actions", None, None, "count"),
+    Kpi("ideas_submitted", "Ideas submitted", None, None, "count"),
+    Kpi("csat_avg", "CSAT (average 1-5)", "rating_sum", "ratings", "score"),
+    Kpi("csat_pct", "CSAT (share satisfied)", "ratings_satisfied", "ratings", "rate"),
+    Kpi("nps", "NPS", "nps_net", "nps_responses", "nps"),
+    Kpi("survey_response_rate", "Survey response rate", "survey_responses", "surveys_invited", "rate"),
+    Kpi("orders", "Orders", None, None, "count"),
+    Kpi("revenue", "Revenue", None, None, "money"),
+    Kpi("aov", "Average order value", "revenue", "orders", "money"),
+    Kpi("returning_purchaser_rate", "Returning purchasers", "returning_purchasers", "purchasers", "rate"),
+    Kpi("sessions", "Sessions", None, None, "count"),
+    Kpi("avg_session_seconds", "Average session", "session_seconds", "sessions_timed", "seconds"),
+    Kpi("feature_adoption", "Feature adoption", "feature_users", "feature_adoption_denominator", "rate"),
+    Kpi("events", "Events", None, None, "count"),
+)
+
+RATIO_COLUMNS = (
+    "participation_rate",
+    "csat_avg",
+    "csat_pct",
+    "nps",
+    "survey_response_rate",
+    "revenue",
+    "aov",
+    "returning_purchaser_rate",
+    "avg_session_seconds",
+    "feature_adoption_denominator",
+    "feature_adoption",
+)
+SELECT_COLUMNS = (
+    ("granularity_seconds", "window_start", "window_end", "slice")
+    + DIMENSION_COLUMNS
+    + ("is_final", "partials", "last_emitted_at")
+    + COUNTERS
+    + RATIO_COLUMNS
+)
+
+
+class ScorecardError(RuntimeError):
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+def reader_client(settings) -> Client:
+    kwargs = dict(settings.clickhouse)
+    kwargs["user"] = settings.clickhouse_readonly_user
+    kwargs["password"] = settings.clickhouse_readonly_password.get_secret_value()
+    return Client(**kwargs, connect_timeout=5, send_receive_timeout=60, sync_request_timeout=5)
+
+
+def parse_window_start(text: str) -> dt.datetime:
+    """ISO 8601; naive means UTC. '2024-05-01T12:00', '2024-05-01 12:00:00Z', '2024-05-01T14:00+02:00'."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date-time: {text!r} (e.g. 2024-05-01T12:00Z)") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def fetch_scorecard(
+    client: Client, database: str, granularity_seconds: int, slice_name: str, window_start: dt.datetime | None
+) -> dict:
+    """The scorecard as a plain dict (see ``to_json``). Raises ScorecardError(EXIT_NO_DATA) if there is none."""
+    params = {"g": granularity_seconds, "s": slice_name}
+    if window_start is None:
+        latest, count = client.execute(
+            f"SELECT max(window_start), count() FROM `{database}`.kpi_final "
+            "WHERE granularity_seconds = %(g)s AND slice = %(s)s",
+            params,
+        )[0]
+        if not count:
+            raise ScorecardError(
+                f"no final {_granularity_text(granularity_seconds)} window for slice {slice_name!r} in database "
+                f"{database} yet: windows become final once they close (plus the allowed lateness); "
+                "try again later, or pick an open window with --window-start",
+                EXIT_NO_DATA,
+            )
+        window_start = latest
+    params["ws"] = int(window_start.timestamp())
+    rows = client.execute(
+        f"SELECT {', '.join(SELECT_COLUMNS)} FROM `{database}`.kpi "
+        "WHERE granularity_seconds = %(g)s AND slice = %(s)s AND window_start = toDateTime(%(ws)s, 'UTC') "
+        f"ORDER BY {', '.join(DIMENSION_COLUMNS)}",
+        params,
+    )
+    if not rows:
+        raise ScorecardError(
+            f"no {_granularity_text(granularity_seconds)} window starting {_iso(window_start)} "
+            f"for slice {slice_name!r} in database {database}",
+            EXIT_NO_DATA,
+        )
+    records = [dict(zip(SELECT_COLUMNS, row)) for row in rows]
+    for record in records:  # the driver drops trailing zeros of Decimals: show money with its 2 places
+        for column in ("revenue", "aov"):
+            if record[column] is not None:
+                record[column] = Decimal(record[column]).quantize(CENT)
+    first = records[0]
+    dims = slice_dimensions(slice_name)
+    return {
+        "granularity_seconds": granularity_seconds,
+        "granularity": _granularity_text(granularity_seconds),
+        "slice": slice_name,
+        "window_start": _iso(first["window_start"]),
+        "window_end": _iso(first["window_end"]),
+        "is_final": all(r["is_final"] == 1 for r in records),
+        "rows": [_row(r, dims) for r in records],
+    }
+
+
+def _row(record: dict, dims: tuple[str, ...]) -> dict:
+    derived = dict(record)
+    derived["nps_net"] = int(record["nps_promoters"]) - int(record["nps_detractors"])
+    derived["session_seconds"] = record["session_ms"] / 1000
+    kpis = {}
+    for kpi in KPIS:
+        kpis[kpi.name] = {
+            "value": derived[kpi.name],
+            "numerator": derived[kpi.numerator] if kpi.numerator else None,
+            "denominator": derived[kpi.denominator] if kpi.denominator else None,
+            "unit": kpi.unit,
+        }
+    return {
+        "dimensions": {d: record[d] for d in dims},
+        "is_final": record["is_final"] == 1,
+        "partials": record["partials"],
+        "last_emitted_at": _iso(record["last_emitted_at"]),
+        "counters": {c: record[c] for c in COUNTERS},
+        "kpis": kpis,
+    }
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _granularity_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _json_default(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def to_json(card: dict) -> str:
+    return json.dumps(card, default=_json_default, indent=2)
+
+
+def _format(value, unit: str, currency: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "rate":
+        return f"{value * 100:.1f} %"
+    if unit == "score":
+        return f"{value:.2f}"
+    if unit == "nps":
+        return f"{value:+.1f}"
+    if unit == "money":
+        return f"{value} {currency}"
+    if unit == "seconds":
+        return f"{value:.1f} s"
+    return f"{value:,}"
+
+
+def _format_part(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_tables(card: dict, currency: str, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    state = "final" if card["is_final"] else "provisional (window still open)"
+    console.print(
+        f"[bold]KPI scorecard[/bold]  {card['granularity']} window {card['window_start']} – {card['window_end']}"
+        f"  slice [bold]{card['slice']}[/bold]  {state}"
+    )
+    for row in card["rows"]:
+        title = ", ".join(f"{k}={v}" for k, v in row["dimensions"].items()) or "overall"
+        table = Table(title=title, title_justify="left")
+        table.add_column("KPI")
+        table.add_column("value", justify="right")
+        table.add_column("numerator", justify="right")
+        table.add_column("denominator", justify="right")
+        for kpi in KPIS:
+            item = row["kpis"][kpi.name]
+            table.add_row(
+                kpi.label,
+                _format(item["value"], kpi.unit, currency),
+                _format_part(item["numerator"]),
+                _format_part(item["denominator"]),
+            )
+        console.print(table)
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--granularity", default="1h", help="window size, e.g. 1m or 1h (default 1h)")
+    parser.add_argument("--slice", default="overall", help="slice, e.g. overall, channel, channel+region (default overall)")
+    parser.add_argument(
+        "--window-start",
+        type=parse_window_start,
+        help="show this window (ISO 8601, naive = UTC) even if it is still open, instead of the latest final one",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (decimals as strings) instead of tables")
+    parser.epilog = "exit codes: 0 printed, 1 ClickHouse unreachable or not migrated, 3 no such window yet"
+
+
+def run(args, settings) -> int:
+    try:
+        granularity = duration_seconds(args.granularity)
+    except ValueError as exc:
+        print(f"copulse kpis: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    kwargs = settings.clickhouse
+    where = f"{kwargs['host']}:{kwargs['port']}"
+    database = kwargs["database"]
+    client = reader_client(settings)
+    try:
+        card = fetch_scorecard(client, database, granularity, args.slice, args.window_start)
+    except ScorecardError as exc:
+        print(f"copulse kpis: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
+        print(
+            f"copulse kpis: ClickHouse is unreachable at {where} ({str(exc).splitlines()[0]}); start it with `make up`",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except ch_errors.ServerException as exc:
+        first = exc.message.strip().splitlines()[0]
+        if exc.code in (60, 81):  # UNKNOWN_TABLE, UNKNOWN_DATABASE
+            hint = "run `copulse db migrate`"
+        elif exc.code in (192, 193, 194, 516):
+            hint = (
+                f"check COPULSE_CLICKHOUSE_READONLY_USER ({settings.clickhouse_readonly_user}) and its password "
+                "(deploy/clickhouse/users.xml)"
+            )
+        else:
+            hint = "see the ClickHouse server log"
+        print(f"copulse kpis: ClickHouse at {where} refused the query ({first}); {hint}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        client.disconnect()
+    if args.json:
+        print(to_json(card))
+    else:
+        render_tables(card, settings.currency)
+    return EXIT_OK
