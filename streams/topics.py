@@ -33,11 +33,13 @@ def topic_names(settings: Any) -> list[str]:
 def _admin(settings: Any, timeout_ms: int):
     from kafka.admin import KafkaAdminClient
 
-    return KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-        client_id="copulse-topics",
-        request_timeout_ms=timeout_ms,
-    )
+    config = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "client_id": "copulse-topics",
+        "request_timeout_ms": timeout_ms,
+        "bootstrap_timeout_ms": timeout_ms,  # kafka-python >= 3 only
+    }
+    return KafkaAdminClient(**{k: v for k, v in config.items() if k in KafkaAdminClient.DEFAULT_CONFIG})
 
 
 def partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
