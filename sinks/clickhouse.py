@@ -254,7 +254,7 @@ class ClickHouseSink:
                 positions = batch.event_positions or [(0, 0)] * len(batch.events)
                 now = int(time.time())
                 by_table: dict[str, list[tuple]] = {}
-                for event, (partition, offset) in zip(batch.events, positions):
+                for event, (partition, offset) in zip(batch.events, positions, strict=True):
                     table = EVENT_TABLES.get(event.type)
                     if table is None:
                         raise ValueError(f"event {event.event_id} has unknown type {event.type!r}")

@@ -198,7 +198,7 @@ def test_concurrent_migrations_in_threads(clickhouse_settings):
             errors: list[BaseException] = []
             barrier = threading.Barrier(4)
 
-            def work():
+            def work(barrier=barrier, settings=settings, errors=errors):
                 try:
                     barrier.wait()
                     migrate(settings)
