@@ -23,6 +23,7 @@ Fixtures for tests:
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from pathlib import Path
@@ -48,8 +49,9 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
+@functools.lru_cache(maxsize=1)
 def _docker_answers() -> bool:
-    """True when a Docker engine answers a ping within ~2 s (never raises)."""
+    """True when a Docker engine answers a ping within ~2 s (never raises). Asked at most once."""
     try:
         import docker
 
@@ -88,12 +90,7 @@ def _clickhouse_answers(kwargs: dict) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def _docker() -> bool:
-    return _docker_answers()
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap(_docker):
+def kafka_bootstrap():
     """Bootstrap servers of a Kafka that answers (env, else testcontainers, else the local stack)."""
     bootstrap = os.environ.get("COPULSE_KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap:
@@ -101,7 +98,7 @@ def kafka_bootstrap(_docker):
         if error:
             pytest.fail(f"Kafka at COPULSE_KAFKA_BOOTSTRAP_SERVERS={bootstrap} does not answer ({error})")
         yield bootstrap
-    elif _docker:
+    elif _docker_answers():
         try:
             from testcontainers.community.kafka import KafkaContainer
         except ImportError:  # testcontainers < 4.5
@@ -118,7 +115,7 @@ def kafka_bootstrap(_docker):
 
 
 @pytest.fixture(scope="session")
-def clickhouse_settings(_docker):
+def clickhouse_settings():
     """``clickhouse_driver.Client(**clickhouse_settings)`` reaches a ClickHouse that answers, database ``default``."""
     if os.environ.get("COPULSE_CLICKHOUSE_URL"):
         from copulse.settings import Settings
@@ -128,7 +125,7 @@ def clickhouse_settings(_docker):
         if error:
             pytest.fail(f"ClickHouse at COPULSE_CLICKHOUSE_URL does not answer ({error})")
         yield kwargs
-    elif _docker:
+    elif _docker_answers():
         try:
             from testcontainers.community.clickhouse import ClickHouseContainer
         except ImportError:  # testcontainers < 4.5
