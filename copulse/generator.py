@@ -30,7 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
@@ -141,7 +141,7 @@ def event_json(record: dict) -> dict:
 
 
 class _Product:
-    __slots__ = ("product_id", "category", "price_cents")
+    __slots__ = ("category", "price_cents", "product_id")
 
     def __init__(self, product_id: str, category: str, price_cents: int):
         self.product_id = product_id
@@ -151,8 +151,20 @@ class _Product:
 
 class _Consumer:
     __slots__ = (
-        "consumer_id", "key", "segment", "region", "channel", "digital", "engagement", "cocreation",
-        "app_version", "legacy_usage", "session", "to_rate", "invite", "orders",
+        "app_version",
+        "channel",
+        "cocreation",
+        "consumer_id",
+        "digital",
+        "engagement",
+        "invite",
+        "key",
+        "legacy_usage",
+        "orders",
+        "region",
+        "segment",
+        "session",
+        "to_rate",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -206,7 +218,7 @@ class Simulation:
         self.max_valid_ms = -(2**62)
         self.seq = 0
         self.pending: deque = deque()  # queued follow-up events: (kind, consumer, args)
-        self.recent: deque[_Sent] = deque(maxlen=512)  # recent valid messages (duplicates, late refs)
+        self.recent: deque[GeneratedMessage] = deque(maxlen=512)  # recent valid messages (duplicates, late refs)
         self.ideas: deque[tuple[str, _Product]] = deque(maxlen=256)
         self.recent_buyers: deque[tuple[_Consumer, _Product, str]] = deque(maxlen=2048)
         self.usage_ids = catalogue.schema_ids("usage")
@@ -332,9 +344,9 @@ class Simulation:
         order_id = f"o-{self.rng.getrandbits(64):016x}"
         lines = 1 if rng.random() < 0.55 else rng.randint(2, 4)
         products = [self._product() for _ in range(lines)]
-        for i, p in enumerate(products[1:], 1):
+        for p in products[1:]:
             qty = 1 if rng.random() < 0.8 else rng.randint(2, 3)
-            self.pending.append(("purchase", c, (channel, order_id, p, qty, i * 150)))
+            self.pending.append(("purchase", c, (channel, order_id, p, qty)))
         c.orders += 1
         c.to_rate = products[0] if rng.random() < 0.35 else None
         self.recent_buyers.append((c, products[0], channel))
@@ -347,7 +359,7 @@ class Simulation:
         if self.pending:
             kind, c, args = self.pending.popleft()
             if kind == "purchase":
-                channel, order_id, p, qty, offset = args
+                channel, order_id, p, qty = args
                 return self._purchase(c, now_ms, channel, order_id, p, qty)
             if kind == "nps":
                 channel, invite_product = args
@@ -475,8 +487,7 @@ class Simulation:
         now = self._tick()
         event_type, schema_id, record = self._next_valid(now)
         msg = self._message(VALID, None, event_type, schema_id, record)
-        if now > self.max_valid_ms:
-            self.max_valid_ms = now
+        self.max_valid_ms = max(self.max_valid_ms, now)
         self.recent.append(msg)
         return msg
 
@@ -665,8 +676,8 @@ def produce(
                     return
                 try:
                     future.get(timeout=120)
-                except Exception:  # noqa: BLE001 - recorded below
-                    pass
+                except Exception as exc:  # noqa: BLE001 - recorded in the JSONL line below
+                    log.debug("send of message %d failed: %r", msg.seq, exc)
             pending.popleft()
             if future.succeeded():
                 meta = future.value
@@ -727,7 +738,7 @@ def parse_start(text: str | None) -> int:
         return int(time.time() * 1000)
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -793,7 +804,7 @@ def run(args, settings) -> int:
     except KeyboardInterrupt:
         print("copulse generate: interrupted (everything sent so far was flushed and recorded)", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - e.g. NoBrokersAvailable: say what to do
+    except Exception as exc:
         if type(exc).__module__.startswith("kafka"):
             print(
                 f"copulse generate: Kafka at {settings.kafka_bootstrap_servers} failed ({type(exc).__name__}: {exc}); "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ def schema_id_for(event_type: str, version: int) -> int:
     raise KeyError(f"no shipped schema for {event_type} v{version}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_text(schema_id: int) -> str:
     return CATALOGUE[schema_id].path.read_text(encoding="utf-8")
 

@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import fastavro
@@ -398,14 +399,14 @@ def fastavro_version() -> str:
 
 def _bench(n: int = 200_000) -> None:
     """``python -m streams.codec [N]``: decode rate on one core (shipped catalogue, mixed types/versions)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
     from decimal import Decimal
 
     from copulse.settings import Settings
     from streams.validation import decode_event
 
     settings = Settings(schema_registry_url=None)
-    at = datetime.now(timezone.utc).replace(microsecond=0)
+    at = datetime.now(UTC).replace(microsecond=0)
     common = {"consumer_id": "c-42", "occurred_at": at, "channel": "app", "region": "DE", "segment": "loyal"}
     samples = [
         (settings.topic_purchases, encode("purchase", {**common, "event_id": "e1", "order_id": "o-1", "product_id": "AUD-001",

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -86,7 +86,7 @@ HEADER_DEAD_LETTERED_AT = "copulse.dead_lettered_at"
 
 def iso_utc_ms(epoch_ms: int) -> str:
     """1700000000123 -> '2023-11-14T22:13:20.123Z'."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 

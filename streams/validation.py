@@ -17,7 +17,7 @@ Checks, in this order (a message with several defects gets the first reason):
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -60,7 +60,7 @@ MIN_OCCURRED_MS = 946_684_800_000
 #: decimal(18, 2): at most 16 digits before the point
 MAX_AMOUNT = Decimal("9999999999999999.99")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _TWO_PLACES = -2
 

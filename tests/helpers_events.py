@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from copulse.settings import Settings
 
 #: a fixed 'now' of the worker for unit tests: 2024-05-01T12:00:00Z
 NOW_MS = 1_714_564_800_000
-T0 = datetime(2024, 5, 1, 11, 59, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 11, 59, tzinfo=UTC)
 
 
 def unit_settings(**overrides) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -48,7 +48,7 @@ def test_round_trip_decodes_logical_types(event_type, record):
     assert ws.event_type == event_type
     assert ws.reader is None  # newest version: plain read, no resolution
     assert decoded == record
-    assert decoded["occurred_at"] == datetime(2024, 5, 1, 11, 59, tzinfo=timezone.utc)
+    assert decoded["occurred_at"] == datetime(2024, 5, 1, 11, 59, tzinfo=UTC)
     if event_type == "purchase":
         assert decoded["amount"] == Decimal("259.80") and decoded["amount"].as_tuple().exponent == -2
 
@@ -146,7 +146,7 @@ class _Registry(BaseHTTPRequestHandler):
     requests: list[str] = []
     fail_with: int | None = None
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):
         type(self).requests.append(self.path)
         if type(self).fail_with:
             self.send_response(type(self).fail_with)
@@ -219,7 +219,7 @@ def test_registry_down_or_failing_is_retryable_not_a_dead_letter(registry):
 
 
 def test_registry_credentials_in_the_url_become_basic_auth(registry):
-    handler, url = registry
+    _, url = registry
     decoder = Decoder(registry_url=url.replace("http://", "http://user:p%40ss@"))
     assert decoder._auth_header == "Basic dXNlcjpwQHNz"
     assert decoder.decode(frame(1, encode("purchase", purchase())[HEADER_SIZE:]), "purchase")

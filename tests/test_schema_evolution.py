@@ -13,7 +13,7 @@ import base64
 import copy
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -110,12 +110,12 @@ def test_current_reader_decodes_every_golden_sample(name, sample):
     schema_id = sample["schema_id"]
     info = CATALOGUE[schema_id]
     value = base64.b64decode(sample["value_b64"])
-    ws, decoded = Decoder().decode(value, info.event_type)
+    _, decoded = Decoder().decode(value, info.event_type)
     written = sample["record"]
     for key, expected in written.items():
         got = decoded[key]
         if key == "occurred_at":
-            assert got == datetime.fromtimestamp(expected / 1000, tz=timezone.utc)
+            assert got == datetime.fromtimestamp(expected / 1000, tz=UTC)
         elif key == "amount":
             assert got == Decimal(expected) and str(got) == expected
         else:
