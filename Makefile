@@ -31,8 +31,8 @@ install: ## pip install -e '.[dev]'
 
 test: up ## THE test command: provision + up + pytest against the local stack (PYTEST_ARGS='-k smoke -x' passes through)
 	@rc=0; \
-	COPULSE_KAFKA_BOOTSTRAP_SERVERS="$${COPULSE_KAFKA_BOOTSTRAP_SERVERS:-localhost:9092}" \
-	COPULSE_CLICKHOUSE_URL="$${COPULSE_CLICKHOUSE_URL:-clickhouse://default@localhost:9000/copulse}" \
+	COPULSE_KAFKA_BOOTSTRAP_SERVERS="$${COPULSE_KAFKA_BOOTSTRAP_SERVERS:-localhost:$${COPULSE_KAFKA_PORT:-9092}}" \
+	COPULSE_CLICKHOUSE_URL="$${COPULSE_CLICKHOUSE_URL:-clickhouse://default@localhost:$${COPULSE_CH_NATIVE_PORT:-9000}/copulse}" \
 	$(PYTHON) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ -n "$${COPULSE_PYTEST_EXIT_FILE:-}" ]; then echo $$rc > "$$COPULSE_PYTEST_EXIT_FILE"; fi; \
 	if [ $$rc = 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; \

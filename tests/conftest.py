@@ -6,7 +6,8 @@ Endpoints are resolved once per session, in this order:
    when set (``make test`` sets both to the local stack);
 2. otherwise testcontainers (Kafka in KRaft mode, ClickHouse with the ``copulse_reader`` user) when a
    Docker engine answers;
-3. otherwise the local stack of ``make up`` (localhost:9092, localhost:9000). If it does not answer the
+3. otherwise the local stack of ``make up`` (localhost:9092, localhost:9000, or ``COPULSE_KAFKA_PORT`` /
+   ``COPULSE_CH_NATIVE_PORT`` like deploy/stack.sh). If it does not answer the
    test FAILS with "run `make up` first": integration tests are never skipped silently.
 
 Fixtures for tests:
@@ -32,8 +33,14 @@ from urllib.parse import quote
 import pytest
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-LOCAL_KAFKA = "localhost:9092"
-LOCAL_CLICKHOUSE = {"host": "localhost", "port": 9000, "user": "default", "password": ""}
+# the ports deploy/stack.sh uses (same variables, same defaults)
+LOCAL_KAFKA = f"localhost:{os.environ.get('COPULSE_KAFKA_PORT', '9092')}"
+LOCAL_CLICKHOUSE = {
+    "host": "localhost",
+    "port": int(os.environ.get("COPULSE_CH_NATIVE_PORT", "9000")),
+    "user": "default",
+    "password": "",
+}
 #: users.d file that adds copulse_reader to a stock ClickHouse image (compose and testcontainers)
 READER_USERS_D = REPO_DIR / "deploy" / "docker" / "clickhouse-users.d" / "copulse_reader.xml"
 
@@ -147,7 +154,8 @@ def clickhouse_settings():
         error = _clickhouse_answers(kwargs)
         if error:
             pytest.fail(
-                f"ClickHouse of the local stack does not answer at localhost:9000 ({error}): run `make up` first"
+                f"ClickHouse of the local stack does not answer at localhost:{kwargs['port']} ({error}): "
+                "run `make up` first"
             )
         yield kwargs
 
