@@ -46,12 +46,15 @@ def partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
     """topic -> partition count for those of ``names`` that exist."""
     existing = set(admin.list_topics())
     wanted = [n for n in names if n in existing]
-    if not wanted:
-        return {}
-    counts = {}
-    for desc in admin.describe_topics(wanted):
-        if desc.get("error_code", 0) == 0 and desc.get("partitions"):
-            counts[desc.get("name") or desc.get("topic")] = len(desc["partitions"])
+    counts: dict[str, int] = {}
+    for attempt in range(5):  # a topic created a moment ago may briefly describe with an error
+        for desc in admin.describe_topics(wanted) if wanted else ():
+            if desc.get("error_code", 0) == 0 and desc.get("partitions"):
+                counts[desc.get("name") or desc.get("topic")] = len(desc["partitions"])
+        wanted = [n for n in wanted if n not in counts]
+        if not wanted:
+            break
+        time.sleep(0.2 * (attempt + 1))
     return counts
 
 
