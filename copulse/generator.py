@@ -705,9 +705,13 @@ def produce(
                 fh.write(msg.json_line(None, None) + "\n")
             stats.sent += 1
             stats.by_expected[msg.expected] += 1
-            if progress:
-                now = time.monotonic()
-                if now >= next_report:
+            now = time.monotonic()
+            if now >= next_report:
+                if kafka:
+                    write_done(block=False)  # keep the file and the acked count current in slow runs
+                if fh is not None:
+                    fh.flush()
+                if progress:
                     print(
                         f"copulse generate: sent {stats.sent} ({stats.sent - last_sent:.0f}/s last second, "
                         f"{stats.sent / (now - started):.0f}/s average) acked {stats.acked} "
@@ -715,8 +719,8 @@ def produce(
                         file=sys.stderr,
                         flush=True,
                     )
-                    last_sent = stats.sent
-                    next_report = now + 1.0
+                last_sent = stats.sent
+                next_report = now + 1.0
     finally:
         if kafka and producer is not None:
             producer.flush()
@@ -796,6 +800,10 @@ def run(args, settings) -> int:
     )
     _warn_future(options, args.rate, settings)
     try:
+        if not args.no_kafka:
+            from streams.topics import ensure_topics
+
+            ensure_topics(settings)  # idempotent; a missing topic would otherwise block every send
         messages = generate_events(settings, options)
         stats = produce(settings, messages, out=args.out, kafka=not args.no_kafka, rate=args.rate, progress=not args.quiet)
     except ValueError as exc:
