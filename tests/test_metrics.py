@@ -234,7 +234,9 @@ def isolated_worker(request, kafka_bootstrap, clickhouse_settings, tmp_path):
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
     try:
-        admin.delete_topics(topic_names(settings), timeout_ms=30000)
+        # ours plus Faust's internal ones (<app_id>-__assignor-__leader, <app_id>-state-changelog)
+        mine = [t for t in admin.list_topics() if t in topic_names(settings) or t.startswith(f"{name}-")]
+        admin.delete_topics(mine, timeout_ms=30000)
     except Exception:  # noqa: BLE001 - cleanup only
         pass
     finally:
