@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""Generate the Grafana dashboards of copulse (deploy/grafana/dashboards/*.json).
+
+    python deploy/grafana/build_dashboards.py          rewrite the JSON files
+    python deploy/grafana/build_dashboards.py --check  exit 1 if a committed file differs
+
+Edit this file (queries, panels, KPI targets in ``TARGETS``), not the JSON: tests/test_dashboards.py fails when
+the committed JSON differs from what this script generates, and runs every query against a real ClickHouse.
+
+ClickHouse panels use the official plugin (grafana-clickhouse-datasource, uid ``copulse-clickhouse``) in SQL
+mode with its macros ($__timeFilter(col), $__fromTime, $__toTime, $__interval_s) and read the views of
+schemas/clickhouse (kpi_final, kpi, dead_letter_summary) or the raw event tables, unqualified: the data
+source's default database is ``copulse``. The SQL is written for ClickHouse 18.16 and current releases alike.
+
+Filters: ``granularity`` (window seconds) and ``channel``, ``region``, ``category``, ``product`` (All =
+``__all``). KPI panels read the slice that groups by exactly the chosen dimensions, in the order of
+copulse.settings.DIMENSIONS (none -> ``overall``, channel -> ``channel``, channel and region ->
+``channel+region``, product -> ``product_id``, ...). A combination that is not a configured slice
+(COPULSE_SLICES) shows "No data". Breakdown panels (by channel, by region, ...) read their own slice and only
+follow granularity and time. Raw-event panels (ideas, low ratings) follow every filter freely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "dashboards"
+
+CH = {"type": "grafana-clickhouse-datasource", "uid": "copulse-clickhouse"}
+PROM = {"type": "prometheus", "uid": "copulse-prometheus"}
+ALL = "__all"
+CURRENCY = "currencyEUR"  # unit of revenue and AOV panels; match COPULSE_CURRENCY
+
+#: KPI targets shown as thresholds (red below, green at or above). Edit here, then re-run this script.
+TARGETS: dict[str, float] = {
+    "participation_rate": 0.2,
+    "csat_avg": 4.0,
+    "csat_pct": 0.8,
+    "nps": 30,
+    "survey_response_rate": 0.25,
+    "returning_purchaser_rate": 0.3,
+    "avg_session_seconds": 120,
+    "feature_adoption": 0.3,
+}
+
+#: Grafana variable -> KPI column, in the order of copulse.settings.DIMENSIONS
+DIMS: tuple[tuple[str, str], ...] = (("channel", "channel"), ("region", "region"), ("category", "category"),
+                                     ("product", "product_id"))
+
+# ------------------------------------------------------------------------------------------------ SQL
+PICKED = (
+    "arrayStringConcat(arrayFilter(d -> d != '', ["
+    + ", ".join(f"if('${{{var}}}' = '{ALL}', '', '{col}')" for var, col in DIMS)
+    + "]), '+')"
+)
+KPI_FILTER = (
+    "granularity_seconds = ${granularity}\n"
+    "  AND $__timeFilter(window_start)\n"
+    "  AND slice = if(picked = '', 'overall', picked)\n"
+    + "".join(f"  AND {col} = if('${{{var}}}' = '{ALL}', '', '${{{var}}}')\n" for var, col in DIMS)
+)
+RAW_FILTER = "$__timeFilter(occurred_at)\n" + "".join(
+    f"  AND ('${{{var}}}' = '{ALL}' OR {col} = '${{{var}}}')\n" for var, col in DIMS
+)
+
+
+def kpi_sql(columns: str, view: str = "kpi_final") -> str:
+    """Time series of the chosen slice (see module docstring)."""
+    return f"WITH {PICKED} AS picked\nSELECT\n  window_start AS time,\n  {columns}\nFROM {view}\nWHERE {KPI_FILTER}ORDER BY time"
+
+
+def breakdown_sql(slice_name: str, label: str, value: str) -> str:
+    """One series per value of ``label`` (the plugin turns long time series into one series per label)."""
+    return (
+        f"SELECT\n  window_start AS time,\n  {label},\n  {value}\nFROM kpi_final\n"
+        f"WHERE granularity_seconds = ${{granularity}}\n  AND $__timeFilter(window_start)\n  AND slice = '{slice_name}'\n"
+        f"ORDER BY time, {label}"
+    )
+
+
+def top_products_sql(columns: str, order: str) -> str:
+    return (
+        f"SELECT\n  product_id,\n  {columns}\nFROM kpi_final\n"
+        "WHERE granularity_seconds = ${granularity}\n  AND $__timeFilter(window_start)\n  AND slice = 'product_id'\n"
+        f"GROUP BY product_id\nORDER BY {order} DESC\nLIMIT 20"
+    )
+
+
+def variable_sql(column: str, slice_name: str) -> str:
+    # kpi_windows, not a view: DISTINCT dimension values are duplicate-proof and the primary key
+    # (granularity_seconds, window_start, slice, ...) keeps this cheap; the views aggregate everything
+    return f"SELECT DISTINCT {column} FROM kpi_windows WHERE slice = '{slice_name}' ORDER BY {column}"
+
+
+GRANULARITY_SQL = (
+    "SELECT DISTINCT granularity_seconds AS value, multiIf(granularity_seconds % 86400 = 0, "
+    "concat(toString(intDiv(granularity_seconds, 86400)), 'd'), granularity_seconds % 3600 = 0, "
+    "concat(toString(intDiv(granularity_seconds, 3600)), 'h'), granularity_seconds % 60 = 0, "
+    "concat(toString(intDiv(granularity_seconds, 60)), 'm'), concat(toString(granularity_seconds), 's')) AS text "
+    "FROM kpi_windows ORDER BY value"
+)
+
+
+# ------------------------------------------------------------------------------------------------ JSON helpers
+class Layout:
+    """Places panels left to right, top to bottom on Grafana's 24-column grid."""
+
+    def __init__(self) -> None:
+        self.x = self.y = self.row_h = 0
+        self.next_id = 1
+
+    def place(self, w: int, h: int) -> dict:
+        if self.x + w > 24:
+            self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
+        pos = {"x": self.x, "y": self.y, "w": w, "h": h}
+        self.x += w
+        self.row_h = max(self.row_h, h)
+        return pos
+
+    def newline(self) -> None:
+        if self.x:
+            self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
+
+    def id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+def ch_target(sql: str, table: bool = False, ref: str = "A") -> dict:
+    return {
+        "refId": ref,
+        "datasource": CH,
+        "editorType": "sql",
+        "format": 1 if table else 0,  # sqlutil: 0 time series, 1 table
+        "queryType": "table" if table else "timeseries",
+        "rawSql": sql,
+    }
+
+
+def prom_target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> dict:
+    target = {"refId": ref, "datasource": PROM, "expr": expr, "legendFormat": legend or "__auto", "range": not instant}
+    if instant:
+        target["instant"] = True
+        target["format"] = "table"
+    return target
+
+
+def thresholds(target: float | None) -> dict:
+    if target is None:
+        return {"mode": "absolute", "steps": [{"color": "blue", "value": None}]}
+    return {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": target}]}
+
+
+def field_defaults(unit: str | None = None, decimals: int | None = None, target: float | None = None,
+                   **custom) -> dict:
+    defaults: dict = {"thresholds": thresholds(target), "color": {"mode": "palette-classic"}}
+    if unit:
+        defaults["unit"] = unit
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    if custom:
+        defaults["custom"] = custom
+    return {"defaults": defaults, "overrides": []}
+
+
+class Dashboard:
+    def __init__(self, uid: str, title: str, description: str, kpi_filters: bool = True,
+                 refresh: str = "1m", time_from: str = "now-24h") -> None:
+        self.layout = Layout()
+        self.panels: list[dict] = []
+        self.data = {
+            "uid": uid,
+            "title": title,
+            "description": description,
+            "tags": ["copulse"],
+            "timezone": "utc",
+            "editable": False,
+            "graphTooltip": 1,
+            "schemaVersion": 39,
+            "version": 1,
+            "refresh": refresh,
+            "time": {"from": time_from, "to": "now"},
+            "timepicker": {},
+            "annotations": {"list": [
+                {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+                 "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"},
+            ]},
+            "links": [{"type": "dashboards", "tags": ["copulse"], "asDropdown": True, "title": "copulse dashboards",
+                       "includeVars": True, "keepTime": True}],
+            "templating": {"list": variables() if kpi_filters else []},
+            "panels": self.panels,
+        }
+
+    def add(self, panel_type: str, title: str, targets: list[dict], w: int = 12, h: int = 8,
+            description: str = "", field_config: dict | None = None, options: dict | None = None) -> dict:
+        panel = {
+            "id": self.layout.id(),
+            "type": panel_type,
+            "title": title,
+            "description": description,
+            "gridPos": self.layout.place(w, h),
+            "datasource": targets[0]["datasource"] if targets else CH,
+            "targets": targets,
+            "fieldConfig": field_config or field_defaults(),
+            "options": options or {},
+        }
+        self.panels.append(panel)
+        return panel
+
+    def row(self, title: str) -> None:
+        self.layout.newline()
+        self.panels.append({"id": self.layout.id(), "type": "row", "title": title, "collapsed": False,
+                            "gridPos": self.layout.place(24, 1), "panels": []})
+        self.layout.newline()
+
+    def text(self, content: str, h: int = 3) -> None:
+        self.layout.newline()
+        self.panels.append({"id": self.layout.id(), "type": "text", "title": "", "gridPos": self.layout.place(24, h),
+                            "options": {"mode": "markdown", "content": content}})
+        self.layout.newline()
+
+    # --- common panel kinds ---
+    def stat(self, title: str, column: str, unit: str | None = None, decimals: int | None = None,
+             target: float | None = None, w: int = 4, description: str = "") -> None:
+        text = description or (f"Latest closed window; target {target:g} (thresholds)." if target is not None
+                               else "Latest closed window.")
+        self.add("stat", title, [ch_target(kpi_sql(column))], w=w, h=5, description=text,
+                 field_config=field_defaults(unit, decimals, target),
+                 options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                          "graphMode": "area", "colorMode": "background" if target is not None else "value",
+                          "justifyMode": "auto", "textMode": "auto", "orientation": "auto"})
+
+    def series(self, title: str, sql: str, unit: str | None = None, decimals: int | None = None,
+               target: float | None = None, w: int = 12, h: int = 8, bars: bool = False, stack: bool = False,
+               description: str = "", table: bool = False) -> None:
+        custom: dict = {"drawStyle": "bars" if bars else "line", "lineWidth": 2, "fillOpacity": 60 if bars else 10,
+                        "showPoints": "auto", "spanNulls": False}
+        if stack:
+            custom["stacking"] = {"mode": "normal", "group": "A"}
+        if target is not None:
+            custom["thresholdsStyle"] = {"mode": "line"}
+            description = (description + " " if description else "") + f"Dashed line: target {target:g}."
+        fc = field_defaults(unit, decimals, target, **custom)
+        self.add("timeseries", title, [ch_target(sql, table=table)], w=w, h=h, description=description,
+                 field_config=fc, options={"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                                           "tooltip": {"mode": "multi", "sort": "desc"}})
+
+    def table(self, title: str, sql: str, w: int = 12, h: int = 8, description: str = "",
+              overrides: list[dict] | None = None) -> None:
+        fc = field_defaults()
+        fc["overrides"] = overrides or []
+        self.add("table", title, [ch_target(sql, table=True)], w=w, h=h, description=description, field_config=fc,
+                 options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}})
+
+    def prom(self, title: str, exprs: list[tuple[str, str]], unit: str | None = None, w: int = 12, h: int = 8,
+             description: str = "", stack: bool = False, panel_type: str = "timeseries",
+             target: float | None = None) -> None:
+        targets = [prom_target(e, legend, ref=chr(65 + i)) for i, (e, legend) in enumerate(exprs)]
+        custom: dict = {"drawStyle": "line", "lineWidth": 2, "fillOpacity": 10, "showPoints": "never"}
+        if stack:
+            custom["stacking"] = {"mode": "normal", "group": "A"}
+        if target is not None:
+            custom["thresholdsStyle"] = {"mode": "line"}
+        fc = field_defaults(unit, None, target, **(custom if panel_type == "timeseries" else {}))
+        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                   "tooltip": {"mode": "multi", "sort": "desc"}} if panel_type == "timeseries" else {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}, "graphMode": "area",
+            "colorMode": "background", "justifyMode": "auto", "textMode": "auto", "orientation": "auto"}
+        self.add(panel_type, title, targets, w=w, h=h, description=description, field_config=fc, options=options)
+
+    def json(self) -> dict:
+        return self.data
+
+
+def ch_variable(name: str, label: str, sql: str, include_all: bool = True, current: dict | None = None) -> dict:
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": CH,
+        "query": sql,
+        "definition": sql,
+        "refresh": 1,
+        "sort": 0,
+        "multi": False,
+        "includeAll": include_all,
+        **({"allValue": ALL} if include_all else {}),
+        "current": current or ({"selected": True, "text": "All", "value": "$__all"} if include_all else {}),
+        "options": [],
+        "hide": 0,
+    }
+
+
+def variables() -> list[dict]:
+    return [
+        ch_variable("granularity", "Window", GRANULARITY_SQL, include_all=False,
+                    current={"selected": True, "text": "1h", "value": "3600"}),
+        ch_variable("channel", "Channel", variable_sql("channel", "channel")),
+        ch_variable("region", "Region", variable_sql("region", "region")),
+        ch_variable("category", "Category", variable_sql("category", "category")),
+        ch_variable("product", "Product", variable_sql("product_id", "product_id")),
+    ]
+
+
+FILTER_NOTE = (
+    "Closed windows of the chosen size (**Window**). KPI panels show the slice matching the filters: none, "
+    "**Channel**, **Region**, both, **Category** or **Product** (combinations that are not a configured slice, "
+    "COPULSE_SLICES, show *No data*). Panels *by channel / region / category / feature* ignore the dimension "
+    "filters. Ratios are numerator / denominator of the window (views `kpi` / `kpi_final`)."
+)
+
+
+# ------------------------------------------------------------------------------------------------ dashboards
+def scorecard() -> dict:
+    d = Dashboard("copulse-scorecard", "Co-creation scorecard",
+                  "All value co-creation KPIs of the chosen window size, with targets and trend.")
+    d.text(FILTER_NOTE)
+    d.row("Latest closed window (sparkline: trend over the time range)")
+    d.stat("Active consumers", "active_consumers", "short", 0)
+    d.stat("Participation rate", "participation_rate", "percentunit", 1, TARGETS["participation_rate"])
+    d.stat("Co-creation actions", "co_creation_actions", "short", 0)
+    d.stat("Ideas submitted", "ideas_submitted", "short", 0)
+    d.stat("CSAT (average 1-5)", "csat_avg", "none", 2, TARGETS["csat_avg"])
+    d.stat("CSAT (share satisfied)", "csat_pct", "percentunit", 1, TARGETS["csat_pct"])
+    d.stat("NPS", "nps", "none", 0, TARGETS["nps"])
+    d.stat("Survey response rate", "survey_response_rate", "percentunit", 1, TARGETS["survey_response_rate"])
+    d.stat("Orders", "orders", "short", 0)
+    d.stat("Revenue", "revenue", CURRENCY, 0)
+    d.stat("Average order value", "aov", CURRENCY, 2)
+    d.stat("Returning purchasers", "returning_purchaser_rate", "percentunit", 1, TARGETS["returning_purchaser_rate"])
+    d.stat("Sessions", "sessions", "short", 0)
+    d.stat("Average session", "avg_session_seconds", "s", 0, TARGETS["avg_session_seconds"])
+    d.stat("Feature adoption", "feature_adoption", "percentunit", 1, TARGETS["feature_adoption"])
+    d.stat("Events", "events", "short", 0)
+    d.row("Trend")
+    d.series("Participation, satisfaction and loyalty rates",
+             kpi_sql("participation_rate, csat_pct, survey_response_rate, returning_purchaser_rate, feature_adoption"),
+             "percentunit", 1, description="Targets: " + ", ".join(
+                 f"{k} {v:g}" for k, v in TARGETS.items() if k not in ("csat_avg", "nps", "avg_session_seconds")))
+    d.series("CSAT (average) and NPS", kpi_sql("csat_avg, nps"), "none", 2,
+             description=f"Targets: CSAT {TARGETS['csat_avg']:g}, NPS {TARGETS['nps']:g}.")
+    d.series("Revenue", kpi_sql("revenue"), CURRENCY, 0, bars=True)
+    d.series("Orders, purchasers and active consumers", kpi_sql("orders, purchasers, active_consumers"), "short", 0)
+    d.row("Every closed window")
+    d.table("Scorecard per window",
+            "WITH " + PICKED + " AS picked\nSELECT\n  window_start,\n  window_end,\n  slice,\n  active_consumers,\n"
+            "  participation_rate,\n  csat_avg,\n  csat_pct,\n  nps,\n  survey_response_rate,\n  orders,\n  revenue,\n"
+            "  aov,\n  returning_purchaser_rate,\n  avg_session_seconds,\n  feature_adoption,\n  partials\n"
+            f"FROM kpi_final\nWHERE {KPI_FILTER}ORDER BY window_start DESC\nLIMIT 500",
+            w=24, h=10, description="partials: source partitions that contributed to the window.")
+    return d.json()
+
+
+def participation() -> dict:
+    d = Dashboard("copulse-participation", "Participation",
+                  "Who takes part in value co-creation (reviews, ideas, votes, surveys, beta use) and how consumers "
+                  "use the product.")
+    d.text(FILTER_NOTE)
+    d.series("Participation rate", kpi_sql("participation_rate"), "percentunit", 1, TARGETS["participation_rate"])
+    d.series("Active and participating consumers", kpi_sql("active_consumers, participating_consumers"), "short", 0)
+    d.series("Co-creation actions and ideas", kpi_sql("co_creation_actions, ideas_submitted"), "short", 0, bars=True)
+    d.series("Participation rate by channel", breakdown_sql("channel", "channel", "participation_rate"),
+             "percentunit", 1, TARGETS["participation_rate"])
+    d.series("Participation rate by region", breakdown_sql("region", "region", "participation_rate"),
+             "percentunit", 1, TARGETS["participation_rate"])
+    d.series("Feature adoption by feature", breakdown_sql("feature", "feature", "feature_adoption"), "percentunit", 1,
+             description="Users of the feature / active consumers of the window (slice 'feature').")
+    d.series("Sessions and feature uses", kpi_sql("sessions, feature_uses"), "short", 0, bars=True)
+    d.series("Average session", kpi_sql("avg_session_seconds"), "s", 0, TARGETS["avg_session_seconds"])
+    d.table("Top products by co-creation actions",
+            top_products_sql("sum(co_creation_actions) AS actions,\n  sum(ideas_submitted) AS ideas,\n"
+                             "  sum(ratings) AS rating_count", "actions"),
+            description="Sums over the windows of the time range (slice 'product_id').")
+    d.table("Latest ideas",
+            "SELECT\n  occurred_at AS time,\n  channel,\n  region,\n  product_id,\n  text\nFROM feedback\n"
+            f"WHERE kind = 'idea'\n  AND {RAW_FILTER}ORDER BY occurred_at DESC\nLIMIT 1 BY event_id\nLIMIT 50",
+            description="Raw feedback events (every filter applies).")
+    return d.json()
+
+
+def satisfaction() -> dict:
+    d = Dashboard("copulse-satisfaction", "Satisfaction & feedback",
+                  "CSAT, NPS and survey responses, with the feedback behind them.")
+    d.text(FILTER_NOTE)
+    d.series("CSAT (average rating 1-5)", kpi_sql("csat_avg"), "none", 2, TARGETS["csat_avg"])
+    d.series("CSAT (share of ratings 4-5)", kpi_sql("csat_pct"), "percentunit", 1, TARGETS["csat_pct"])
+    d.series("NPS", kpi_sql("nps"), "none", 0, TARGETS["nps"])
+    d.series("NPS promoters and detractors", kpi_sql("nps_promoters, nps_detractors, nps_responses"), "short", 0,
+             bars=True)
+    d.series("Survey response rate", kpi_sql("survey_response_rate"), "percentunit", 1, TARGETS["survey_response_rate"])
+    d.series("Surveys invited and answered, ratings", kpi_sql("surveys_invited, survey_responses, ratings"), "short", 0,
+             bars=True)
+    d.series("CSAT by channel", breakdown_sql("channel", "channel", "csat_avg"), "none", 2, TARGETS["csat_avg"])
+    d.series("NPS by region", breakdown_sql("region", "region", "nps"), "none", 0, TARGETS["nps"])
+    d.add("barchart", "Rating distribution",
+          [ch_target("SELECT\n  toString(rating_score) AS rating,\n  count() AS ratings\nFROM\n(\n"
+                     "  SELECT event_id, any(score) AS rating_score\n  FROM feedback\n"
+                     f"  WHERE kind = 'rating'\n  AND {RAW_FILTER}  GROUP BY event_id\n)\n"
+                     "GROUP BY rating\nORDER BY rating", table=True)],
+          w=8, h=8, description="Raw rating events of the time range (every filter applies).",
+          field_config=field_defaults("short", 0),
+          options={"orientation": "vertical", "xField": "rating", "showValue": "auto",
+                   "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"}})
+    d.table("Low ratings, reviews and bug reports",
+            "SELECT\n  occurred_at AS time,\n  kind,\n  score,\n  channel,\n  region,\n  product_id,\n  text\n"
+            "FROM feedback\nWHERE kind IN ('rating', 'review', 'bug_report')\n  AND (kind != 'rating' OR score <= 2)\n"
+            f"  AND {RAW_FILTER}ORDER BY occurred_at DESC\nLIMIT 1 BY event_id\nLIMIT 100",
+            w=16, h=8, description="Raw feedback events, newest first (every filter applies).")
+    return d.json()
+
+
+def loyalty() -> dict:
+    d = Dashboard("copulse-loyalty-revenue", "Loyalty & revenue",
+                  "Orders, revenue, average order value and returning purchasers.")
+    d.text(FILTER_NOTE)
+    d.series("Revenue", kpi_sql("revenue"), CURRENCY, 0, bars=True)
+    d.series("Orders and purchasers", kpi_sql("orders, purchasers, returning_purchasers"), "short", 0)
+    d.series("Average order value", kpi_sql("aov"), CURRENCY, 2)
+    d.series("Returning purchaser rate", kpi_sql("returning_purchaser_rate"), "percentunit", 1,
+             TARGETS["returning_purchaser_rate"],
+             description="Purchasers whose first purchase seen is before the window / purchasers.")
+    d.series("Revenue by category", breakdown_sql("category", "category", "revenue"), CURRENCY, 0, bars=True,
+             stack=True)
+    d.series("Revenue by channel", breakdown_sql("channel", "channel", "revenue"), CURRENCY, 0, bars=True, stack=True)
+    d.series("Returning purchaser rate by region", breakdown_sql("region", "region", "returning_purchaser_rate"),
+             "percentunit", 1, TARGETS["returning_purchaser_rate"])
+    d.table("Top products by revenue",
+            # aliases differ from column names: ClickHouse resolves aliases before columns
+            top_products_sql("sum(revenue_minor) / 100 AS revenue_total,\n  sum(orders) AS order_count,\n"
+                             "  if(order_count = 0, NULL, revenue_total / order_count) AS avg_order_value",
+                             "revenue_total"),
+            description="Sums over the windows of the time range (slice 'product_id'); revenue in the configured "
+                        "currency.",
+            overrides=[{"matcher": {"id": "byRegexp", "options": "revenue_total|avg_order_value"},
+                        "properties": [{"id": "unit", "value": CURRENCY}, {"id": "decimals", "value": 2}]}])
+    return d.json()
+
+
+def rate(metric: str, by: str = "") -> str:
+    inner = f"rate({metric}[$__rate_interval])"
+    return f"sum by ({by}) ({inner})" if by else f"sum({inner})"
+
+
+def pipeline() -> dict:
+    d = Dashboard("copulse-pipeline", "Pipeline health",
+                  "Worker throughput, watermarks, dead letters, late events and the ClickHouse sink.",
+                  kpi_filters=False, refresh="30s", time_from="now-3h")
+    d.row("Workers and alerts")
+    d.prom("Workers up", [('sum(up{job="copulse"})', "workers up")], "short", w=4, h=5, panel_type="stat")
+    d.prom("Firing copulse alerts", [('count(ALERTS{alertname=~"Copulse.*", alertstate="firing"}) or vector(0)',
+                                      "firing")], "short", w=4, h=5, panel_type="stat", target=1)
+    d.prom("Sink backpressure", [("max(copulse_sink_backpressure)", "backpressure")], "short", w=4, h=5,
+           panel_type="stat", target=1,
+           description="1 while the sink waits for ClickHouse; consumption is paused meanwhile.")
+    d.prom("Watermark lag (newest)", [("time() - max(copulse_watermark_timestamp_seconds)", "lag")], "s", w=4, h=5,
+           panel_type="stat", target=900)
+    d.prom("Pending messages", [("sum(copulse_pending_messages)", "pending")], "short", w=4, h=5, panel_type="stat")
+    d.prom("Open windows", [("sum by (granularity) (copulse_windows_open)", "{{granularity}} s")], "short", w=4, h=5,
+           panel_type="stat")
+    d.row("Throughput")
+    d.prom("Messages consumed per second by topic", [(rate("copulse_events_consumed_total", "topic"), "{{topic}}")],
+           "reqps", stack=True)
+    d.prom("Valid messages by outcome", [(rate("copulse_events_processed_total", "outcome"), "{{outcome}}")], "reqps",
+           stack=True, description="folded into windows, duplicate (event_id seen), late, window_closed.")
+    d.prom("KPI rows emitted and stored per second",
+           [(rate("copulse_kpi_rows_emitted_total", "final"), "emitted final={{final}}"),
+            (rate("copulse_sink_rows_total", "table"), "stored {{table}}")], "reqps")
+    d.prom("Flushes per second", [(rate("copulse_flushes_total"), "flushes")], "reqps",
+           description="Every flush stores rows, persists state and commits offsets.")
+    d.row("Event time")
+    d.prom("Watermark lag by event type", [("max by (type) (copulse_watermark_lag_seconds)", "{{type}}")], "s",
+           target=900, description="Wall clock minus the watermark, per source (max over partitions).")
+    d.prom("Newest watermark behind the wall clock",
+           [("time() - max by (type) (copulse_watermark_timestamp_seconds)", "{{type}}")], "s", target=900)
+    d.prom("Processing latency (Kafka timestamp to handling)",
+           [("histogram_quantile(0.5, sum by (le) (rate(copulse_processing_latency_seconds_bucket[$__rate_interval])))",
+             "p50"),
+            ("histogram_quantile(0.99, sum by (le) (rate(copulse_processing_latency_seconds_bucket[$__rate_interval])))",
+             "p99")], "s")
+    d.prom("Windows closed per second", [(rate("copulse_windows_closed_total", "granularity"), "{{granularity}} s")],
+           "reqps")
+    d.row("Dead letters and late events")
+    d.prom("Dead-lettered per second by reason", [(rate("copulse_events_dead_lettered_total", "reason"), "{{reason}}")],
+           "reqps", stack=True)
+    d.prom("Dead-letter ratio by topic",
+           [('sum by (topic) (rate(copulse_events_dead_lettered_total[5m])) / '
+             '(sum by (topic) (rate(copulse_events_consumed_total[5m])) > 0)', "{{topic}}")],
+           "percentunit", target=0.05, description="Alert CopulseDeadLetterRatioHigh above 5 % (thresholds.yml).")
+    d.prom("Late events per second", [(rate("copulse_events_late_total", "type, reason"), "{{type}} {{reason}}")],
+           "reqps", stack=True)
+    d.series("Rejected messages per minute by reason (ClickHouse)",
+             "SELECT\n  minute AS time,\n  concat(kind, ' ', reason) AS kind_reason,\n  sum(messages) AS rejected\n"
+             "FROM dead_letter_summary\nWHERE $__timeFilter(minute)\nGROUP BY time, kind_reason\nORDER BY time, kind_reason",
+             "short", 0, bars=True, stack=True, description="dead_letter_summary view: dlq and late, de-duplicated.")
+    d.table("Rejected messages by topic and reason (ClickHouse)",
+            "SELECT\n  kind,\n  topic,\n  reason,\n  sum(messages) AS rejected,\n  sum(value_bytes) AS bytes\n"
+            "FROM dead_letter_summary\nWHERE minute >= toStartOfMinute($__fromTime) AND minute <= $__toTime\n"
+            "GROUP BY kind, topic, reason\nORDER BY rejected DESC\nLIMIT 100", w=24)
+    d.row("ClickHouse sink")
+    d.prom("Insert latency",
+           [("histogram_quantile(0.5, sum by (le, table) (rate(copulse_sink_insert_duration_seconds_bucket[$__rate_interval])))",
+             "p50 {{table}}"),
+            ("histogram_quantile(0.99, sum by (le, table) (rate(copulse_sink_insert_duration_seconds_bucket[$__rate_interval])))",
+             "p99 {{table}}")], "s")
+    d.prom("Emit to store latency",
+           [("histogram_quantile(0.99, sum by (le) (rate(copulse_emit_to_store_seconds_bucket[$__rate_interval])))", "p99"),
+            ("histogram_quantile(0.5, sum by (le) (rate(copulse_emit_to_store_seconds_bucket[$__rate_interval])))", "p50")],
+           "s", description="From a flush emitting KPI rows to the rows being stored.")
+    d.prom("Sink errors per second by kind", [(rate("copulse_sink_errors_total", "kind"), "{{kind}}")], "reqps")
+    d.prom("Sink backpressure over time", [("max by (instance) (copulse_sink_backpressure)", "{{instance}}")], "short")
+    d.prom("Seconds since the last complete store",
+           [("time() - max(copulse_sink_last_success_timestamp_seconds)", "since last store")], "s")
+    d.series("Final emission delay per window (ClickHouse)",
+             "SELECT\n  window_start AS time,\n  toString(granularity_seconds) AS granularity,\n"
+             "  toUInt32(last_emitted_at) - toUInt32(window_end) AS emit_delay_seconds\n"
+             "FROM kpi_final\nWHERE $__timeFilter(window_start)\n  AND slice = 'overall'\nORDER BY time",
+             "s", 0, description="Seconds from a window's end to its final emission (lateness + idle + flush).")
+    d.row("KPI export to Prometheus")
+    d.prom("KPI label sets exported and dropped",
+           [("sum by (slice) (copulse_kpi_series)", "exported {{slice}}"),
+            ("sum by (slice) (increase(copulse_kpi_series_dropped_total[1h]))", "dropped last hour {{slice}}")],
+           "short", description="Cap: COPULSE_METRIC_MAX_SERIES_PER_SLICE label sets per slice.")
+    d.prom("CSAT and participation from Prometheus (1h windows)",
+           [('copulse:kpi_csat_avg{granularity="3600", slice="overall"}', "CSAT"),
+            ('copulse:kpi_participation_rate{granularity="3600", slice="overall"} * 5', "participation rate x5")],
+           "none", description="Recording rules of deploy/prometheus/rules (what the KPI alerts watch).")
+    return d.json()
+
+
+DASHBOARDS = {
+    "copulse-scorecard.json": scorecard,
+    "copulse-participation.json": participation,
+    "copulse-satisfaction.json": satisfaction,
+    "copulse-loyalty-revenue.json": loyalty,
+    "copulse-pipeline.json": pipeline,
+}
+
+
+def render() -> dict[str, str]:
+    return {name: json.dumps(build(), indent=2, ensure_ascii=False) + "\n" for name, build in DASHBOARDS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate deploy/grafana/dashboards/*.json")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs")
+    args = parser.parse_args(argv)
+    files = render()
+    stale = [n for n, text in files.items() if not (OUT / n).is_file() or (OUT / n).read_text() != text]
+    if args.check:
+        for name in stale:
+            print(f"build_dashboards: {OUT / name} is out of date: run python deploy/grafana/build_dashboards.py",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (OUT / name).write_text(text)
+    print(f"build_dashboards: wrote {len(files)} dashboards to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

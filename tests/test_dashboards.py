@@ -1,0 +1,357 @@
+"""Grafana provisioning and dashboards.
+
+* The dashboard JSON is what deploy/grafana/build_dashboards.py generates, well-formed, and only uses the two
+  provisioned data sources; provisioning paths match docker-compose.yml's mounts.
+* Every ClickHouse query (panels and template variables) is expanded like the official plugin does
+  ($__timeFilter(col), $__fromTime, $__toTime, $__interval_s, ${var}) and run, as the read-only user
+  copulse_reader, against the real ClickHouse in a fresh database filled by the real engine
+  (streams.engine.PartitionEngine) over generated events and stored by the real sink: every query returns rows,
+  with all filters at All and with each filter set to a real value.
+* Every Prometheus expression of the dashboards and of the rules parses (promtool check rules).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import time
+import zlib
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GRAFANA = REPO / "deploy" / "grafana"
+DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+CH_UID, PROM_UID = "copulse-clickhouse", "copulse-prometheus"
+ALL = "__all"
+
+T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # first generated event
+HOURS = 3
+FROM, TO = int(T0.timestamp()), int(T0.timestamp()) + HOURS * 3600 + 1800  # the test's dashboard time range
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("copulse_build_dashboards", GRAFANA / "build_dashboards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboards() -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in DASHBOARD_FILES}
+
+
+def all_panels(dashboard: dict):
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def targets(datasource_uid: str):
+    """(dashboard title, panel title, target) of every query of that data source."""
+    for board in dashboards().values():
+        for panel in all_panels(board):
+            for target in panel.get("targets", []):
+                if (target.get("datasource") or panel.get("datasource") or {}).get("uid") == datasource_uid:
+                    yield board["title"], panel["title"], target
+
+
+# ============================================================================ macro / variable expansion
+def expand(sql: str, values: dict[str, str], frm: int = FROM, to: int = TO, interval_s: int = 60) -> str:
+    """What the ClickHouse plugin sends: Grafana variables first (raw values; the custom All value is used
+    as is), then the plugin's macros."""
+    for name, value in values.items():
+        sql = sql.replace("${" + name + "}", value)
+        sql = re.sub(r"\$" + name + r"\b", value, sql)
+
+    def time_filter(match: re.Match) -> str:
+        column = match.group(1).strip()
+        return f"{column} >= toDateTime({frm}) AND {column} <= toDateTime({to})"
+
+    sql = re.sub(r"\$__timeFilter\(([^)]*)\)", time_filter, sql)
+    sql = sql.replace("$__fromTime", f"toDateTime({frm})").replace("$__toTime", f"toDateTime({to})")
+    sql = sql.replace("$__interval_s", str(interval_s))
+    leftover = re.findall(r"\$\{?\w+", sql)
+    assert not leftover, f"unexpanded {leftover} in:\n{sql}"
+    return sql
+
+
+def test_expander_matches_the_plugin_macros():
+    got = expand("SELECT 1 WHERE $__timeFilter(window_start) AND x = '${channel}' AND g = $granularity "
+                 "AND m >= $__fromTime AND m <= $__toTime AND i = $__interval_s",
+                 {"channel": "web", "granularity": "3600"}, frm=10, to=20, interval_s=30)
+    assert got == ("SELECT 1 WHERE window_start >= toDateTime(10) AND window_start <= toDateTime(20) AND x = 'web' "
+                   "AND g = 3600 AND m >= toDateTime(10) AND m <= toDateTime(20) AND i = 30")
+
+
+# ============================================================================ static checks
+def test_dashboards_are_generated_and_well_formed():
+    builder = load_builder()
+    rendered = builder.render()
+    assert sorted(rendered) == [p.name for p in DASHBOARD_FILES]
+    for name, text in rendered.items():
+        assert (GRAFANA / "dashboards" / name).read_text() == text, (
+            f"{name} differs from the generator: run python deploy/grafana/build_dashboards.py"
+        )
+    boards = dashboards()
+    titles = {b["title"] for b in boards.values()}
+    assert titles == {"Co-creation scorecard", "Participation", "Satisfaction & feedback", "Loyalty & revenue",
+                      "Pipeline health"}
+    assert len({b["uid"] for b in boards.values()}) == len(boards)
+    for board in boards.values():
+        ids = [p["id"] for p in all_panels(board)]
+        assert len(ids) == len(set(ids)), board["title"]
+        for panel in all_panels(board):
+            pos = panel["gridPos"]
+            assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, (board["title"], panel["title"])
+            for target in panel.get("targets", []):
+                uid = target["datasource"]["uid"]
+                assert uid in (CH_UID, PROM_UID), (board["title"], panel["title"])
+                if uid == CH_UID:
+                    assert target["editorType"] == "sql" and target["rawSql"].strip()
+                    assert target["format"] in (0, 1)
+                else:
+                    assert target["expr"].strip()
+        if board["title"] != "Pipeline health":
+            names = [v["name"] for v in board["templating"]["list"]]
+            assert names == ["granularity", "channel", "region", "category", "product"]
+            for var in board["templating"]["list"]:
+                assert var["datasource"]["uid"] == CH_UID and var["query"]
+    # the KPI dashboards read the views, the scorecard shows targets as thresholds
+    scorecard = boards["copulse-scorecard.json"]
+    sqls = [t["rawSql"] for p in all_panels(scorecard) for t in p.get("targets", [])]
+    assert all("FROM kpi_final" in s for s in sqls)
+    assert "kpi_windows" not in "".join(sqls)
+    csat = next(p for p in all_panels(scorecard) if p["title"] == "CSAT (average 1-5)")
+    steps = csat["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1] == {"color": "green", "value": builder.TARGETS["csat_avg"]}
+    assert csat["options"]["graphMode"] == "area"  # the trend sparkline
+    pipeline_exprs = " ".join(t["expr"] for p in all_panels(boards["copulse-pipeline.json"])
+                              for t in p.get("targets", []) if "expr" in t)
+    for metric in ("copulse_events_consumed_total", "copulse_watermark_lag_seconds", "copulse_events_dead_lettered_total",
+                   "copulse_events_late_total", "copulse_sink_backpressure", "copulse_sink_insert_duration_seconds_bucket"):
+        assert metric in pipeline_exprs
+
+
+def test_provisioning_matches_docker_compose():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    grafana = compose["services"]["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"] if str(v).startswith("./")}
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    assert mounts["/var/lib/grafana/dashboards"] == "./deploy/grafana/dashboards"
+    assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+
+    providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/copulse.yml").read_text())["providers"]
+    assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards"]
+
+    sources = {d["uid"]: d for d in yaml.safe_load((GRAFANA / "provisioning/datasources/copulse.yml").read_text())[
+        "datasources"]}
+    ch = sources[CH_UID]
+    assert ch["type"] == "grafana-clickhouse-datasource"
+    assert ch["jsonData"]["protocol"] == "native" and ch["jsonData"]["defaultDatabase"] == "copulse"
+    assert ch["jsonData"]["username"] == "${COPULSE_CLICKHOUSE_READONLY_USER}"
+    assert ch["secureJsonData"]["password"] == "${COPULSE_CLICKHOUSE_READONLY_PASSWORD}"
+    env = grafana["environment"]
+    # every ${VAR} of the provisioning file is set in the Grafana container, to the values the stack uses
+    lines = (GRAFANA / "provisioning/datasources/copulse.yml").read_text().splitlines()
+    text = "\n".join(line.split("#")[0] for line in lines)
+    for var in re.findall(r"\$\{(\w+)\}", text):
+        assert var in env, f"{var} is not set for the grafana service"
+    assert str(env["CLICKHOUSE_PORT"]) == "9000" and env["CLICKHOUSE_HOST"] == "clickhouse"
+    assert env["COPULSE_CLICKHOUSE_READONLY_USER"] == "copulse_reader"
+    assert sources[PROM_UID]["type"] == "prometheus" and sources[PROM_UID]["url"] == "${PROMETHEUS_URL}"
+    assert env["PROMETHEUS_URL"] == "http://prometheus:9090"
+
+
+# ============================================================================ ClickHouse: real data, real queries
+def populate(settings) -> dict:
+    """Generated events -> decode/validate -> PartitionEngine per partition (fake clock) -> ClickHouseSink."""
+    from copulse.generator import generate_events
+    from sinks.clickhouse import ClickHouseSink, SinkBatch
+    from sinks.migrations import migrate
+    from sinks.rows import Reject
+    from streams.codec import Decoder
+    from streams.engine import DUPLICATE, FOLDED, REPLAYED, PartitionEngine
+    from streams.errors import DeadLetter
+    from streams.validation import decode_event
+
+    migrate(settings)
+    partitions = 3
+    count = 6000
+    messages = generate_events(settings, count=count, seed=3, consumers=400, start_ms=int(T0.timestamp() * 1000),
+                               event_time_rate=count / (HOURS * 3600), invalid_fraction=0.03,
+                               duplicate_fraction=0.02, late_fraction=0.01, out_of_order_s=5)
+    decoder = Decoder(settings)
+    engines = {p: PartitionEngine(p, settings) for p in range(partitions)}
+    offsets: dict[tuple[str, int], int] = defaultdict(int)
+    sink = ClickHouseSink(settings)
+    batch = SinkBatch()
+    stats: dict[str, int] = defaultdict(int)
+    clock = 0.0
+    wall_ms = int(time.time() * 1000)
+
+    def flush(now: float) -> None:
+        nonlocal batch
+        for engine in engines.values():
+            rows, _ = engine.flush(now)
+            batch.kpi_rows += rows
+        sink.store(batch)
+        stats["kpi_rows"] += len(batch.kpi_rows)
+        batch = SinkBatch()
+
+    for i, msg in enumerate(messages):
+        partition = zlib.crc32(msg.key) % partitions if msg.key else 0
+        offset = offsets[(msg.topic, partition)]
+        offsets[(msg.topic, partition)] += 1
+        event_ms = msg.event.get("occurred_ms") if isinstance(msg.event, dict) else None
+        clock = max(clock, (event_ms or 0) / 1000 + 2)
+        try:
+            event = decode_event(decoder, settings, msg.topic, msg.key, msg.value, wall_ms)
+        except DeadLetter as dead:
+            engines[partition].touch(msg.type if msg.type in ("purchase", "usage", "feedback") else "feedback",
+                                     offset, clock)
+            batch.rejects.append(Reject("dlq", dead.reason, msg.topic, partition, offset, msg.key, len(msg.value),
+                                        int(clock * 1000)))
+            stats["dlq"] += 1
+            continue
+        clock = max(clock, event.occurred_ms / 1000 + 2)
+        outcome = engines[partition].process(event, offset, clock)
+        stats[outcome] += 1
+        if outcome == FOLDED:
+            batch.events.append(event)
+            batch.event_positions.append((partition, offset))
+        elif outcome not in (DUPLICATE, REPLAYED):
+            batch.events.append(event)
+            batch.event_positions.append((partition, offset))
+            batch.rejects.append(Reject("late", "late_event" if outcome == "late" else outcome, msg.topic, partition,
+                                        offset, msg.key, len(msg.value), int(clock * 1000)))
+        if i % 400 == 399:
+            flush(clock)
+    flush(clock)
+    flush(clock + settings.idle_timeout_seconds + 2 * 3600)  # every source idle: all windows close
+    sink.close()
+    return dict(stats)
+
+
+@pytest.fixture(scope="module")
+def reader(clickhouse_settings):
+    """A read-only (copulse_reader) client on a fresh database filled with generated KPI data."""
+    from urllib.parse import quote
+
+    from clickhouse_driver import Client
+    from pydantic import SecretStr
+
+    from copulse.settings import Settings
+    from tests.conftest import unique_name
+
+    database = unique_name("test_dash")
+    ch = clickhouse_settings
+    settings = Settings(clickhouse_url=f"clickhouse://{quote(ch['user'], safe='')}@{ch['host']}:{ch['port']}/{database}",
+                        clickhouse_password=SecretStr(ch["password"]), granularities=["1m", "1h"],
+                        allowed_lateness_seconds=30, idle_timeout_seconds=5, emit_interval_seconds=60)
+    admin = Client(**{**ch, "database": "default"})
+    try:
+        stats = populate(settings)
+        assert stats["dlq"] > 0 and stats["folded"] > 1000, stats
+        client = Client(host=ch["host"], port=ch["port"], user=settings.clickhouse_readonly_user,
+                        password=settings.clickhouse_readonly_password.get_secret_value(), database=database,
+                        settings={"max_execution_time": 60})  # the plugin sets it too: readonly=2 allows that
+        yield client
+        client.disconnect()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        admin.disconnect()
+
+
+def variable_values(client, board: dict) -> dict[str, list[str]]:
+    """variable name -> values its query returns (first column, as Grafana uses it)."""
+    out = {}
+    for var in board["templating"]["list"]:
+        rows = client.execute(expand(var["query"], {}))
+        out[var["name"]] = [str(r[0]) for r in rows]
+    return out
+
+
+def filter_combinations(values: dict[str, list[str]]) -> list[dict[str, str]]:
+    """All filters at All; then each dimension set alone, and channel with region (a configured slice)."""
+    base = {"granularity": "3600", **{n: ALL for n in values if n != "granularity"}}
+    combos = [base, dict(base, granularity="60")]
+    for name in ("channel", "region", "category", "product"):
+        combos.append(dict(base, **{name: values[name][0]}))
+    combos.append(dict(base, channel=values["channel"][0], region=values["region"][0]))
+    return combos
+
+
+@pytest.mark.integration
+def test_variable_queries_return_values(reader):
+    for board in dashboards().values():
+        if not board["templating"]["list"]:
+            continue
+        values = variable_values(reader, board)
+        assert values["granularity"] == ["60", "3600"], values["granularity"]
+        granularity = next(v for v in board["templating"]["list"] if v["name"] == "granularity")
+        assert [r[1] for r in reader.execute(expand(granularity["query"], {}))] == ["1m", "1h"]
+        for name in ("channel", "region", "category", "product"):
+            assert values[name] and "" not in values[name], (board["title"], name, values[name])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", [p.name for p in DASHBOARD_FILES])
+def test_every_clickhouse_query_returns_rows(reader, name):
+    board = dashboards()[name]
+    queries = [(p["title"], t["rawSql"]) for p in all_panels(board) for t in p.get("targets", [])
+               if t["datasource"]["uid"] == CH_UID]
+    assert queries or name == "copulse-pipeline.json"
+    if board["templating"]["list"]:
+        combos = filter_combinations(variable_values(reader, board))
+    else:
+        combos = [{}]
+    for combo in combos:
+        for title, raw in queries:
+            sql = expand(raw, combo)
+            try:
+                rows = reader.execute(sql)
+            except Exception as exc:  # noqa: BLE001 - show which panel
+                pytest.fail(f"{board['title']} / {title} with {combo} failed: {exc}\n{sql}")
+            # KPI panels follow the filters (slice of exactly the chosen dimensions): rows for every combination;
+            # breakdowns and raw-event panels: rows at least with every filter at All
+            must_have_rows = "picked" in raw or all(v in (ALL, "3600") for v in combo.values())
+            if must_have_rows:
+                assert rows, f"{board['title']} / {title} returned no rows with {combo}:\n{sql}"
+
+
+# ============================================================================ Prometheus expressions
+def prom_expressions() -> list[tuple[str, str]]:
+    out = [(f"{board} / {panel}", t["expr"]) for board, panel, t in targets(PROM_UID)]
+    for path in sorted((REPO / "deploy/prometheus/rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out.append((f"{path.name} / {rule.get('alert') or rule.get('record')}", rule["expr"]))
+    return out
+
+
+def test_every_prometheus_expression_parses(tmp_path):
+    exprs = prom_expressions()
+    assert len([e for e in exprs if " / " in e[0] and e[0].split(" / ")[0] == "Pipeline health"]) >= 20
+    grafana_vars = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "1h"}
+    rules = []
+    for i, (where, expr) in enumerate(exprs):
+        for var, value in grafana_vars.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, f"{where}: unexpanded variable in {expr}"
+        rules.append({"record": f"copulse_dashboard_check:expr_{i}", "expr": expr})
+    path = tmp_path / "expressions.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-expressions", "rules": rules}]}))
+    if not Path(PROMTOOL).exists():
+        pytest.fail("promtool is missing: `make provision` installs Debian's prometheus package (gives promtool)")
+    result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr + "\n" + "\n".join(
+        f"{i}: {w}" for i, (w, _) in enumerate(exprs))
