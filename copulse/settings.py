@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     app_id: str = "copulse"
     worker_data_dir: str = ".local/worker"
     web_port: int = 6066
+    kafka_session_timeout_seconds: float = Field(
+        30.0, ge=6, description="a killed worker's partitions move to another after this long"
+    )
     metrics_port: int = 9464
 
     # --- Validation --------------------------------------------------------------------------

@@ -107,7 +107,8 @@ class PartitionEngine:
         self.finest, self.coarsest = self.granularities[0], self.granularities[-1]
         self.slices = [(name, slice_dimensions(name)) for name in settings.slices]
         self.emit_interval = settings.emit_interval_seconds
-        self.wm = Watermarks(settings.allowed_lateness_seconds * 1000, settings.idle_timeout_seconds)
+        self.wm = Watermarks(settings.allowed_lateness_seconds * 1000, settings.idle_timeout_seconds,
+                             tuple(str(i) for i in SOURCE_INDEX.values()))
         self.aggs: dict[tuple, Agg] = {}
         self.windows: dict[tuple[int, int], set[tuple]] = {}  # (g, ws) -> agg keys
         self.consumers: dict[str, dict] = {}
@@ -120,18 +121,18 @@ class PartitionEngine:
         self.last_provisional: float | None = None
 
     # ------------------------------------------------------------------ per message
-    def is_replay(self, source: str, offset: int) -> bool:
-        """True when this source offset is already reflected in persisted state (skip it entirely)."""
-        return offset <= self.wm.clock(source).offset
+    def is_replay(self, event_type: str, offset: int) -> bool:
+        """True when this source offset is already reflected in persisted state: skip it entirely."""
+        return offset <= self.wm.clock(str(SOURCE_INDEX[event_type])).offset
 
-    def touch(self, source: str, offset: int, now: float) -> None:
-        """A message of this source partition that was not folded (dead letter)."""
-        self.wm.touch(source, offset, now)
+    def touch(self, event_type: str, offset: int, now: float) -> None:
+        """A message of this source partition that was not folded (a dead letter): progress only."""
+        self.wm.touch(str(SOURCE_INDEX[event_type]), offset, now)
 
     def process(self, event: Event, offset: int, now: float) -> str:
         source = str(SOURCE_INDEX[event.type])
         ts = event.occurred_ms
-        if self.is_replay(source, offset):
+        if offset <= self.wm.clock(source).offset:
             return REPLAYED
         if ts - ts % self.finest + self.finest <= self.wm.own(source):
             self.wm.touch(source, offset, now)
@@ -331,5 +332,14 @@ class PartitionEngine:
                     self.tombstones.append(self._agg_record_key(key))
 
     # ------------------------------------------------------------------ introspection
-    def open_windows(self) -> int:
-        return len(self.windows)
+    def open_windows(self) -> dict[int, int]:
+        """granularity seconds -> open windows."""
+        counts: dict[int, int] = {}
+        for g, _ in self.windows:
+            counts[g // 1000] = counts.get(g // 1000, 0) + 1
+        return counts
+
+    def watermarks(self) -> dict[str, int]:
+        """event type -> own watermark (ms) of this partition's source partitions that have data."""
+        return {t: self.wm.own(str(i)) for t, i in SOURCE_INDEX.items()
+                if self.wm.clock(str(i)).max_ts != NEG_INF}

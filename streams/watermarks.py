@@ -7,8 +7,9 @@ offset applied. Its watermark is ``max_ts - allowed_lateness``.
   *own* source partition. That decision depends only on what came before it in the same Kafka partition,
   so it is identical on every replay.
 * A window of partition index p **closes** when the combined watermark passes its end. The combined
-  watermark is the minimum over the active source partitions; a source partition with no event for
-  ``idle_timeout`` seconds of wall clock is idle and no longer holds it back. When every source is idle the
+  watermark is the minimum over the active source partitions (one that has delivered nothing yet counts
+  as active with no watermark); a source partition with no event for ``idle_timeout`` seconds of wall
+  clock is idle and no longer holds it back. When every source is idle the
   combined watermark advances with the wall clock, so quiet streams still close their windows.
   The combined watermark never goes backwards.
 
@@ -34,10 +35,12 @@ class SourceClock:
 
 
 class Watermarks:
-    def __init__(self, lateness_ms: int, idle_timeout_s: float) -> None:
+    def __init__(self, lateness_ms: int, idle_timeout_s: float, sources: tuple[str, ...] = ()) -> None:
         self.lateness_ms = lateness_ms
         self.idle_timeout_s = idle_timeout_s
-        self.sources: dict[str, SourceClock] = {}
+        # Every expected source starts active: one that has delivered nothing yet holds the watermark
+        # back until it has been silent for the idle timeout (its data may simply not be fetched yet).
+        self.sources: dict[str, SourceClock] = {s: SourceClock() for s in sources}
         self.combined = NEG_INF
 
     def clock(self, topic: str) -> SourceClock:
@@ -67,15 +70,13 @@ class Watermarks:
         active: list[int] = []
         idle: list[tuple[int, float]] = []
         for clock in self.sources.values():
-            if clock.max_ts == NEG_INF:
-                continue
-            if clock.last_seen is None:  # restored from the changelog: idle clock starts now
+            if clock.last_seen is None:  # new or restored from the changelog: the idle clock starts now
                 clock.last_seen = now
             wm = clock.watermark(self.lateness_ms)
-            if now - clock.last_seen >= self.idle_timeout_s:
-                idle.append((wm, clock.last_seen))
-            else:
+            if now - clock.last_seen < self.idle_timeout_s:
                 active.append(wm)
+            elif clock.max_ts != NEG_INF:
+                idle.append((wm, clock.last_seen))
         if active:
             candidate = min(active)
         elif idle:

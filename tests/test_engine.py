@@ -73,7 +73,7 @@ def random_messages(seed: int, n: int, partitions: int = 3, consumers: int = 40,
             typ = "feedback"
             fk = rng.choice(["survey_invited", "survey_response", "rating", "nps", "review", "idea", "vote"])
             score = {"rating": rng.randint(1, 5), "nps": rng.randint(0, 10)}.get(fk)
-            ev = dict(common, kind=fk, score=score, text=None, in_reply_to=None)
+            ev = dict(common, kind=fk, score=score, text=None, in_reply_to="e0" if fk == "vote" else None)
         copies = 2 if i % dup_every == dup_every - 1 else 1
         for _ in range(copies):
             msgs.append({"type": typ, "partition": part, "offset": offsets[(typ, part)], "event": ev})
@@ -227,24 +227,26 @@ def ev(i, cid, ts, typ="feedback", **fields):
 def test_window_opens_updates_and_closes_by_event_time():
     s = make_settings(granularities=["1m"], slices=["overall"], allowed_lateness_seconds=10)
     e = PartitionEngine(0, s)
-    e.process(to_event(ev(0, "a", T0 + 1_000)), 0, NOW)
-    e.process(to_event(ev(1, "b", T0 + 59_000, score=2)), 1, NOW)
-    rows, _ = e.flush(NOW)
+    e.flush(NOW)  # purchases and usage never deliver: idle from NOW + 5 s on
+    t = NOW + 6
+    e.process(to_event(ev(0, "a", T0 + 1_000)), 0, t)
+    e.process(to_event(ev(1, "b", T0 + 59_000, score=2)), 1, t)
+    rows, _ = e.flush(t)
     assert [(r[ROW_COLUMNS.index("ratings")], r[ROW_COLUMNS.index("is_final")]) for r in rows] == [(2, 0)]
     # watermark = 69 s - 10 s = 59 s: the first minute is still open
-    e.process(to_event(ev(2, "a", T0 + 69_000)), 2, NOW + 0.1)
-    rows, _ = e.flush(NOW + 0.2)
+    e.process(to_event(ev(2, "a", T0 + 69_000)), 2, t + 0.1)
+    rows, _ = e.flush(t + 0.2)
     assert all(r[ROW_COLUMNS.index("is_final")] == 0 for r in rows)
     # watermark 60 s: the first minute closes with exactly its two ratings, csat 1 of 2
-    e.process(to_event(ev(3, "a", T0 + 70_000)), 3, NOW + 0.3)
-    rows, _ = e.flush(NOW + 0.4)
+    e.process(to_event(ev(3, "a", T0 + 70_000)), 3, t + 0.3)
+    rows, _ = e.flush(t + 0.4)
     final = [r for r in rows if r[ROW_COLUMNS.index("is_final")] == 1]
     assert len(final) == 1
     r = dict(zip(ROW_COLUMNS, final[0]))
     assert (r["ratings"], r["rating_sum"], r["ratings_satisfied"], r["active_consumers"]) == (2, 7, 1, 2)
     assert r["window_start"] == datetime(2026, 1, 1, 0, 0) and r["window_end"] == datetime(2026, 1, 1, 0, 1)
     # an event for the closed minute is late, whatever the wall clock says
-    assert e.process(to_event(ev(4, "c", T0 + 5_000)), 4, NOW + 99999) == LATE
+    assert e.process(to_event(ev(4, "c", T0 + 5_000)), 4, t + 99999) == LATE
 
 
 def test_idle_partition_closes_windows_with_wall_clock():
@@ -268,3 +270,18 @@ def test_duplicates_count_once_and_returning_purchasers():
     rows, _ = e.flush(NOW + 1000)  # idle: everything closes
     minute2 = [dict(zip(ROW_COLUMNS, r)) for r in rows if r[1] == datetime(2026, 1, 1, 0, 1)]
     assert [(r["purchasers"], r["returning_purchasers"], r["orders"], r["revenue_minor"]) for r in minute2] == [(2, 1, 2, 2000)]
+
+
+def test_source_without_data_holds_the_watermark_until_idle():
+    """At start-up one topic's partition may be fetched later than the others: its windows must wait."""
+    s = make_settings(granularities=["1m"], slices=["overall"], allowed_lateness_seconds=0, idle_timeout_seconds=5)
+    e = PartitionEngine(0, s)
+    e.flush(NOW)
+    e.process(to_event(ev(0, "a", T0 + 1_000, "usage")), 0, NOW + 1)
+    e.process(to_event(ev(1, "a", T0 + 300_000, "usage")), 1, NOW + 1)
+    assert all(not r[ROW_COLUMNS.index("is_final")] for r in e.flush(NOW + 2)[0])
+    # feedback for the first minute arrives later, still on time: folded, not late
+    assert e.process(to_event(ev(0, "b", T0 + 2_000)), 0, NOW + 3) == FOLDED
+    # once purchases and feedback have been silent for 5 s, usage alone drives the watermark
+    finals = [r for r in e.flush(NOW + 9)[0] if r[ROW_COLUMNS.index("is_final")]]
+    assert [(r[ROW_COLUMNS.index("events")], r[ROW_COLUMNS.index("active_consumers")]) for r in finals] == [(2, 2)]

@@ -1,0 +1,132 @@
+"""Runs the real `copulse worker` as a subprocess against the real local Kafka and ClickHouse, with its own
+topics, consumer group, ClickHouse database and ports, so tests can kill -9 it and restart it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC
+from pathlib import Path
+
+from clickhouse_driver import Client
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from copulse.settings import slice_dimensions
+from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_env(name: str, kafka_bootstrap: str, clickhouse: dict, tmp: Path, **overrides) -> dict[str, str]:
+    """COPULSE_* variables of an isolated worker named ``name`` (topics, group, database, ports)."""
+    env = {
+        "COPULSE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "COPULSE_APP_ID": name,
+        "COPULSE_TOPIC_PURCHASES": f"{name}.purchases",
+        "COPULSE_TOPIC_USAGE": f"{name}.usage",
+        "COPULSE_TOPIC_FEEDBACK": f"{name}.feedback",
+        "COPULSE_TOPIC_DLQ": f"{name}.dlq",
+        "COPULSE_TOPIC_LATE": f"{name}.late",
+        "COPULSE_CLICKHOUSE_URL": f"clickhouse://{clickhouse.get('user', 'default')}@{clickhouse.get('host', 'localhost')}:"
+                                  f"{clickhouse.get('port', 9000)}/{name.replace('-', '_').replace('.', '_')}",
+        "COPULSE_CLICKHOUSE_PASSWORD": clickhouse.get("password", ""),
+        "COPULSE_METRICS_PORT": str(free_port()),
+        "COPULSE_WEB_PORT": str(free_port()),
+        "COPULSE_WORKER_DATA_DIR": str(tmp / "worker"),
+        "COPULSE_IDLE_TIMEOUT_SECONDS": "8",
+        "COPULSE_EMIT_INTERVAL_SECONDS": "1",
+        "COPULSE_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
+        "COPULSE_MAX_FUTURE_SKEW_SECONDS": str(10 * 365 * 86400),
+    }
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = dict(os.environ, **env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "copulse.cli", "worker", "--loglevel", "warning"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def produce(bootstrap: str, topics: dict[str, str], messages: list[tuple[str, bytes | None, bytes]]) -> list[dict]:
+    """Send (event type, key, value) in order; returns [{type, partition, offset}] per message."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    futures = [producer.send(topics[t], key=k, value=v) for t, k, v in messages]
+    producer.flush()
+    out = []
+    for (t, _, _), fut in zip(messages, futures):
+        md = fut.get(timeout=30)
+        out.append({"type": t, "partition": md.partition, "offset": md.offset})
+    producer.close()
+    return out
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=2000)
+    parts = consumer.partitions_for_topic(topic) or set()
+    consumer.assign([TopicPartition(topic, p) for p in parts])
+    records, deadline = [], time.time() + timeout
+    while len(records) < expected and time.time() < deadline:
+        for batch in consumer.poll(timeout_ms=1000).values():
+            records += batch
+    consumer.close()
+    return records
+
+
+def final_kpis(client: Client, database: str) -> tuple[dict, int]:
+    """Newest version of every KPI row (what ReplacingMergeTree keeps), summed across partitions.
+    Returns ({(g, ws_ms, slice, values): {counter: value}}, number of keys not final yet)."""
+    cols = ", ".join(f"`{c}`" for c in ROW_COLUMNS)
+    rows = client.execute(f"SELECT {cols} FROM `{database}`.kpi_windows")
+    newest: dict[tuple, tuple] = {}
+    vi, fi = ROW_COLUMNS.index("version"), ROW_COLUMNS.index("is_final")
+    for row in rows:
+        k = row[: len(KEY_COLUMNS)]
+        if k not in newest or row[vi] >= newest[k][vi]:
+            newest[k] = row
+    out: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    not_final = 0
+    for k, row in newest.items():
+        not_final += row[fi] != 1
+        g, start, name = row[0], row[1], row[2]
+        values = tuple(row[KEY_COLUMNS.index(d)] for d in slice_dimensions(name))
+        ws = int(start.replace(tzinfo=UTC).timestamp() * 1000)
+        agg = out[(g, ws, name, values)]
+        for i, c in enumerate(COUNTERS):
+            agg[c] += int(row[len(KEY_COLUMNS) + i])
+    return dict(out), not_final
