@@ -190,7 +190,7 @@ class KpiExporter:
     def _families(self, snapshot: dict, per_slice: dict | None = None, dropped: dict | None = None):
         labels = list(self.label_names)
         for i, counter in enumerate(COUNTERS):
-            suffix, factor = METRIC_NAMES[counter]
+            factor = METRIC_NAMES[counter][1]
             family = GaugeMetricFamily(metric_name(counter), _HELP[counter] + _HELP_SUFFIX, labels=labels)
             for key, (_, sums) in snapshot.items():
                 family.add_metric(list(key), sums[i] * factor if factor != 1 else sums[i])

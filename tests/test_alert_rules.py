@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def load_renderer():
 def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     if not Path(PROMTOOL).exists():
         pytest.fail("promtool is missing: `make provision` installs Debian's prometheus package (gives promtool)")
-    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
 def alerts_in(files) -> set[str]:
@@ -86,7 +87,8 @@ def test_committed_rules_equal_the_render_of_thresholds_yml():
         assert (PROM / "rules" / name).read_text() == text, (
             f"{name} differs from the render: run python deploy/prometheus/render_rules.py"
         )
-    check = subprocess.run(["python", str(PROM / "render_rules.py"), "--check"], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, str(PROM / "render_rules.py"), "--check"], capture_output=True, text=True,
+                           check=False)
     assert check.returncode == 0, check.stderr
 
 
@@ -123,9 +125,10 @@ def test_bad_threshold_is_rejected_with_a_hint(tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("kpi_alerts: {granularity: soon}\n")
     result = subprocess.run(
-        ["python", str(PROM / "render_rules.py"), "--params", str(bad), "--out", str(tmp_path)],
+        [sys.executable, str(PROM / "render_rules.py"), "--params", str(bad), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert result.returncode == 2 and "bad" in result.stderr
 

@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -73,9 +74,9 @@ class ShimmedWorker(WorkerProcess):
     def start(self) -> None:
         if exporter_wired():
             return super().start()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", SHIM], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-c", SHIM], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
 
 class Prometheus:
@@ -98,11 +99,12 @@ class Prometheus:
     def start(self) -> None:
         if not Path(PROMETHEUS).exists():
             pytest.fail("prometheus is missing: `make provision` installs Debian's prometheus package")
-        log = open(self.dir / "prometheus.log", "ab")
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.dir / "prometheus.log", "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                 "--storage.tsdb.retention.time=1h"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:
             assert self.proc.poll() is None, f"prometheus exited:\n{self.log_tail()}"
@@ -173,10 +175,10 @@ class Ratings(threading.Thread):
                 if delay > 0:
                     time.sleep(delay)
                 consumer = f"c-{self._rng.randrange(400):04d}"
-                record = dict(event_id=f"e2e-{self.sent}-{self._rng.getrandbits(32):08x}", consumer_id=consumer,
-                              occurred_at=datetime.now(UTC), channel="web", region="DE", segment=None,
-                              schema_version=1, kind="rating", score=self.score(), product_id="AUD-001",
-                              category="audio", text=None, in_reply_to=None)
+                record = {"event_id": f"e2e-{self.sent}-{self._rng.getrandbits(32):08x}", "consumer_id": consumer,
+                          "occurred_at": datetime.now(UTC), "channel": "web", "region": "DE", "segment": None,
+                          "schema_version": 1, "kind": "rating", "score": self.score(), "product_id": "AUD-001",
+                          "category": "audio", "text": None, "in_reply_to": None}
                 self._producer.send(self.topic, key=consumer.encode(), value=encode("feedback", record))
                 self.sent += 1
         except BaseException as exc:  # noqa: BLE001 - reported by the test
@@ -235,14 +237,14 @@ def e2e(request, kafka_bootstrap, clickhouse_settings, tmp_path):
         # ours plus Faust's internal ones (<app_id>-__assignor-__leader, <app_id>-state-changelog)
         mine = [t for t in admin.list_topics() if t in topic_names(settings) or t.startswith(f"{name}-")]
         admin.delete_topics(mine, timeout_ms=30000)
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
+    except Exception as exc:  # noqa: BLE001 - cleanup only
+        warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)
     finally:
         admin.close()
 
 
 def test_csat_drop_alert_fires_after_a_drop_and_not_on_steady_data(e2e):
-    settings, worker, prometheus, ratings = e2e
+    _, worker, prometheus, ratings = e2e
     csat = 'copulse:kpi_csat_avg{granularity="10", slice="overall"}'
     worker.start()
     prometheus.start()

@@ -487,8 +487,8 @@ def pipeline() -> dict:
     d.prom("Dead-lettered per second by reason", [(rate("copulse_events_dead_lettered_total", "reason"), "{{reason}}")],
            "reqps", stack=True)
     d.prom("Dead-letter ratio by topic",
-           [('sum by (topic) (rate(copulse_events_dead_lettered_total[5m])) / '
-             '(sum by (topic) (rate(copulse_events_consumed_total[5m])) > 0)', "{{topic}}")],
+           [(("sum by (topic) (rate(copulse_events_dead_lettered_total[5m])) / "
+              "(sum by (topic) (rate(copulse_events_consumed_total[5m])) > 0)"), "{{topic}}")],
            "percentunit", target=0.05, description="Alert CopulseDeadLetterRatioHigh above 5 % (thresholds.yml).")
     d.prom("Late events per second", [(rate("copulse_events_late_total", "type, reason"), "{{type}} {{reason}}")],
            "reqps", stack=True)

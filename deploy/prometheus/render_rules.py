@@ -31,8 +31,8 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from streams.kpi_metrics import METRIC_NAMES  # noqa: E402
-from streams.kpis import COUNTERS  # noqa: E402
+from streams.kpi_metrics import METRIC_NAMES
+from streams.kpis import COUNTERS
 
 PARAMS = HERE / "thresholds.yml"
 RULES_DIR = HERE / "rules"
@@ -84,60 +84,60 @@ RATIOS: dict[str, tuple[str, str]] = {
 
 #: KPI alert key -> how it is built
 KPI_ALERTS: dict[str, dict] = {
-    "participation_rate": dict(
-        alert="CopulseParticipationRateDrop",
-        metric="copulse:kpi_participation_rate",
-        volume="copulse:kpi_active_consumers:sum",
-        volume_text="active consumers",
-        title="Participation rate",
-        fmt='{{ $value | humanizePercentage }}',
-        dashboard="Participation",
-        hint="check whether co-creation entry points (reviews, ideas, votes, beta features) broke or were "
+    "participation_rate": {
+        "alert": "CopulseParticipationRateDrop",
+        "metric": "copulse:kpi_participation_rate",
+        "volume": "copulse:kpi_active_consumers:sum",
+        "volume_text": "active consumers",
+        "title": "Participation rate",
+        "fmt": '{{ $value | humanizePercentage }}',
+        "dashboard": "Participation",
+        "hint": "check whether co-creation entry points (reviews, ideas, votes, beta features) broke or were "
         "hidden by a release, and whether a campaign brought many new, non-participating consumers",
-    ),
-    "csat": dict(
-        alert="CopulseCsatDrop",
-        metric="copulse:kpi_csat_avg",
-        volume="copulse:kpi_ratings:sum",
-        volume_text="ratings",
-        title="CSAT (average rating)",
-        fmt='{{ $value | printf "%.2f" }}',
-        dashboard="Satisfaction & feedback",
-        hint="read the recent low ratings and reviews of this slice, correlate with releases, incidents, "
+    },
+    "csat": {
+        "alert": "CopulseCsatDrop",
+        "metric": "copulse:kpi_csat_avg",
+        "volume": "copulse:kpi_ratings:sum",
+        "volume_text": "ratings",
+        "title": "CSAT (average rating)",
+        "fmt": '{{ $value | printf "%.2f" }}',
+        "dashboard": "Satisfaction & feedback",
+        "hint": "read the recent low ratings and reviews of this slice, correlate with releases, incidents, "
         "delivery problems or price changes",
-    ),
-    "nps": dict(
-        alert="CopulseNpsDrop",
-        metric="copulse:kpi_nps",
-        volume="copulse:kpi_nps_responses:sum",
-        volume_text="NPS responses",
-        title="NPS",
-        fmt='{{ $value | printf "%.1f" }}',
-        dashboard="Satisfaction & feedback",
-        hint="compare promoters and detractors of this slice with last week; read detractor comments",
-    ),
-    "survey_response_rate": dict(
-        alert="CopulseSurveyResponseRateDrop",
-        metric="copulse:kpi_survey_response_rate",
-        volume="copulse:kpi_surveys_invited:sum",
-        volume_text="survey invitations",
-        title="Survey response rate",
-        fmt='{{ $value | humanizePercentage }}',
-        dashboard="Satisfaction & feedback",
-        hint="check that survey links work and responses reach the feedback topic (DLQ reasons on "
+    },
+    "nps": {
+        "alert": "CopulseNpsDrop",
+        "metric": "copulse:kpi_nps",
+        "volume": "copulse:kpi_nps_responses:sum",
+        "volume_text": "NPS responses",
+        "title": "NPS",
+        "fmt": '{{ $value | printf "%.1f" }}',
+        "dashboard": "Satisfaction & feedback",
+        "hint": "compare promoters and detractors of this slice with last week; read detractor comments",
+    },
+    "survey_response_rate": {
+        "alert": "CopulseSurveyResponseRateDrop",
+        "metric": "copulse:kpi_survey_response_rate",
+        "volume": "copulse:kpi_surveys_invited:sum",
+        "volume_text": "survey invitations",
+        "title": "Survey response rate",
+        "fmt": '{{ $value | humanizePercentage }}',
+        "dashboard": "Satisfaction & feedback",
+        "hint": "check that survey links work and responses reach the feedback topic (DLQ reasons on "
         "Pipeline health), and whether invitations went to a new audience",
-    ),
-    "revenue": dict(
-        alert="CopulseRevenueDrop",
-        metric="copulse:kpi_revenue",
-        volume="copulse:kpi_orders:sum",
-        volume_text="orders",
-        title="Revenue",
-        fmt='{{ $value | printf "%.2f" }}',
-        dashboard="Loyalty & revenue",
-        hint="check checkout and payment health, the purchases topic (Pipeline health: throughput, DLQ "
+    },
+    "revenue": {
+        "alert": "CopulseRevenueDrop",
+        "metric": "copulse:kpi_revenue",
+        "volume": "copulse:kpi_orders:sum",
+        "volume_text": "orders",
+        "title": "Revenue",
+        "fmt": '{{ $value | printf "%.2f" }}',
+        "dashboard": "Loyalty & revenue",
+        "hint": "check checkout and payment health, the purchases topic (Pipeline health: throughput, DLQ "
         "reasons such as currency) and price or catalogue changes",
-    ),
+    },
 }
 
 
