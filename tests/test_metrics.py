@@ -248,7 +248,7 @@ def isolated_worker(request, kafka_bootstrap, clickhouse_settings, tmp_path):
 
 def latest_final_windows(client, database: str, slices: list[str]) -> dict[tuple, tuple[int, dict]]:
     """What the exporter should show: per (granularity, slice, channel, region) the newest window with final
-    rows and the sum of those rows' counters (newest version of every partial)."""
+    rows and the sum of those rows' counters (newest version of every partial); stale label sets left out."""
     cols = ", ".join(f"`{c}`" for c in ROW_COLUMNS)
     rows = client.execute(f"SELECT {cols} FROM `{database}`.kpi_windows WHERE is_final = 1")
     idx = {c: i for i, c in enumerate(ROW_COLUMNS)}
@@ -261,8 +261,14 @@ def latest_final_windows(client, database: str, slices: list[str]) -> dict[tuple
         ws = int(r[idx["window_start"]].replace(tzinfo=UTC).timestamp())
         newest[key] = max(newest.get(key, ws), ws)
         partials[(key, ws)][r[idx["partition"]]] = r
+    # the exporter forgets label sets two or more windows behind the newest window of their granularity
+    newest_by_g: dict[str, int] = {}
+    for (g, *_), ws in newest.items():
+        newest_by_g[g] = max(newest_by_g.get(g, ws), ws)
     out = {}
     for key, ws in newest.items():
+        if ws + 2 * int(key[0]) <= newest_by_g[key[0]]:
+            continue
         sums = {c: sum(int(p[idx[c]]) for p in partials[(key, ws)].values()) for c in COUNTERS}
         out[key] = (ws, sums)
     return out
