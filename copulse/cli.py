@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("copulse.generator", "produce realistic purchase/usage/feedback events"),
     "db migrate": ("sinks.migrations", "apply ClickHouse migrations (idempotent)"),
     "kpis": ("sinks.scorecard", "print the latest final KPI scorecard from ClickHouse"),
+    "scorecard": ("copulse.scorecard", "validate and print the value co-creation scorecard (targets, weights)"),
 }
 
 

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     metric_slices: list[str] = ["overall", "channel", "region"]
     metric_max_series_per_slice: int = Field(50, ge=1)
 
+    # --- Value co-creation scorecard and index (VCI) -----------------------------------------
+    scorecard_file: str | None = Field(None, description="scorecard YAML; default copulse/scorecards/default.yaml")
+    vci_interval_seconds: float = Field(15.0, gt=0, description="the worker scores new final windows this often")
+    vci_slices: list[str] = ["overall", "channel", "region", "category", "segment", "product_id", "channel+region"]
+    vci_lookback_seconds: int = Field(2 * 86400, ge=0, description="the worker scores final windows this recent")
+    vci_batch_rows: int = Field(20000, ge=1, description="at most this many windows per scoring run")
+
     @field_validator("granularities")
     @classmethod
     def _check_granularities(cls, value: list[str]) -> list[str]:
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
             raise ValueError("every granularity must divide a day evenly (e.g. 1m, 5m, 1h)")
         return value
 
-    @field_validator("slices", "metric_slices")
+    @field_validator("slices", "metric_slices", "vci_slices")
     @classmethod
     def _check_slices(cls, value: list[str]) -> list[str]:
         for name in value:
