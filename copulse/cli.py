@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db migrate": ("sinks.migrations", "apply ClickHouse migrations (idempotent)"),
     "kpis": ("sinks.scorecard", "print the latest final KPI scorecard from ClickHouse"),
     "scorecard": ("copulse.scorecard", "validate and print the value co-creation scorecard (targets, weights)"),
+    "vci score": ("sinks.vci", "score final KPI windows into the vci table (what the worker does every few seconds)"),
 }
 
 

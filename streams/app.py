@@ -11,12 +11,14 @@ each to the same worker together with partition p of the state table's changelog
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
 
 from copulse.settings import Settings
 from sinks.clickhouse import ClickHouseSink
+from sinks.vci import VciJob
 from streams.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,16 @@ def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.A
     async def tick():
         if not app.rebalancing:
             await pipeline.flush()
+
+    vci_job = VciJob(settings)
+
+    @app.timer(interval=settings.vci_interval_seconds, on_leader=True)
+    async def score_vci():
+        """Score new final KPI windows into the vci table and the copulse_vci_* gauges (sinks/vci.py)."""
+        try:
+            await asyncio.to_thread(vci_job.run_safely)  # logs and retries on every problem, never raises
+        except Exception:  # noqa: BLE001 - belt and braces: the worker never dies of VCI scoring
+            log.exception("VCI scoring run failed; retrying in %.0f s", settings.vci_interval_seconds)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app_, revoked, **kwargs) -> None:

@@ -41,6 +41,10 @@ EXPECTED_OBJECTS = {
     "kpi_totals",
     "kpi",
     "kpi_final",
+    "vci",
+    "vci_scorecards",
+    "vci_perspective_scores",
+    "vci_kpi_attainments",
 }
 
 

@@ -160,3 +160,181 @@ def test_kpi_inputs_from_a_kpi_view_row():
     result = score_row(load_scorecard(), row)
     assert result.index is None
     assert result.kpi("csat_avg").insufficient == SMALL_SAMPLE
+
+
+# ============================================================================ scoring job on the real ClickHouse
+import datetime as dt  # noqa: E402
+import logging  # noqa: E402
+from urllib.parse import quote  # noqa: E402
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from copulse.settings import Settings  # noqa: E402
+from sinks.clickhouse import ClickHouseSink, SinkBatch  # noqa: E402
+from sinks.migrations import migrate  # noqa: E402
+from sinks.rows import kpi_row_from_dict  # noqa: E402
+from sinks.vci import VCI_COLUMNS, VciJob  # noqa: E402
+
+UTC = dt.timezone.utc
+H0 = dt.datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+COUNTS = dict(events=500, active_consumers=100, participating_consumers=30, co_creation_actions=60, ideas_submitted=4,
+              ratings=40, rating_sum=150, ratings_satisfied=30, nps_responses=20, nps_promoters=10, nps_detractors=4,
+              surveys_invited=40, survey_responses=20, orders=25, revenue_minor=200000, purchasers=20,
+              returning_purchasers=12, sessions=80, sessions_timed=50, session_ms=4_500_000, feature_uses=90,
+              feature_users=60)
+JOB_CARD = textwrap.dedent(
+    """\
+    name: job fixture
+    perspectives:
+      money:
+        weight: 1
+        kpis:
+          aov: {target: 100, floor: 50, min_sample: 10}
+      voice:
+        weight: 1
+        kpis:
+          csat_avg: {target: 4.5, floor: 3.0, min_sample: 10}
+    """
+)
+
+
+def kpi_rows() -> list[tuple]:
+    def row(start, slice_name="overall", final=1, partition=0, **over):
+        values = dict(COUNTS, **over)
+        return kpi_row_from_dict(dict(granularity_seconds=3600, window_start=start,
+                                      window_end=start + dt.timedelta(hours=1), slice=slice_name, partition=partition,
+                                      version=1, is_final=final, **values))
+
+    return [
+        row(H0),  # aov 80 -> 0.6, csat 3.75 -> 0.5: index 55
+        row(H0 + dt.timedelta(hours=1), ratings=5, rating_sum=20),  # csat sample 5 < 10: index = money = 60
+        row(H0 + dt.timedelta(hours=1), "channel", channel="web", revenue_minor=100000, orders=10),  # aov 100 -> 1: 75
+        row(H0 + dt.timedelta(hours=1), "channel", channel="app", orders=0, revenue_minor=0, ratings=0,
+            rating_sum=0),  # nothing sufficient: NULL
+        row(H0 + dt.timedelta(hours=2), final=0),  # still open: not scored
+    ]
+
+
+@pytest.fixture
+def vci_db(clickhouse_db, clickhouse_settings):
+    database = clickhouse_db.connection.database
+    ch = clickhouse_settings
+    settings = Settings(clickhouse_url=f"clickhouse://{quote(ch['user'], safe='')}@{ch['host']}:{ch['port']}/{database}",
+                        clickhouse_password=SecretStr(ch["password"]), granularities=["1h"])
+    migrate(settings)
+    with ClickHouseSink(settings) as sink:
+        sink.store(SinkBatch(kpi_rows=kpi_rows()))
+    return settings, clickhouse_db
+
+
+def stored(client, database: str) -> list[dict]:
+    rows = client.execute(f"SELECT {', '.join(VCI_COLUMNS)} FROM {database}.vci ORDER BY scorecard_version, "
+                          "window_start, slice, channel")
+    return [dict(zip(VCI_COLUMNS, r)) for r in rows]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+@pytest.mark.integration
+def test_job_scores_final_windows_once_and_exports_gauges(vci_db):
+    settings, client = vci_db
+    database = client.connection.database
+    card = parse_scorecard(JOB_CARD)
+    registry = CollectorRegistry()
+    job = VciJob(settings, scorecard=card, registry=registry)
+    try:
+        report = job.run_once(since=0)
+        assert report.scored == {3600: 4} and report.scorecard_version == card.version_id
+        rows = stored(client, database)
+        assert len(rows) == 4 and {r["scorecard_version"] for r in rows} == {card.version_id}
+        first, web, app, second = rows[0], rows[2], rows[1], rows[3]
+        assert (first["slice"], first["window_start"].hour) == ("overall", 10)
+        assert first["vci_index"] == pytest.approx(55.0) and first["insufficient"] == 0
+        assert first["perspectives"] == ["money", "voice"]
+        assert first["perspective_scores"] == pytest.approx([60.0, 50.0])
+        assert first["kpis"] == ["aov", "csat_avg"] and first["kpi_values"] == pytest.approx([80.0, 3.75])
+        assert first["kpi_attainments"] == pytest.approx([0.6, 0.5]) and first["kpi_targets"] == [100.0, 4.5]
+        assert first["kpi_samples"] == [25.0, 40.0] and first["active_consumers"] == 100
+        assert second["vci_index"] == pytest.approx(60.0) and second["kpi_insufficient"] == ["", "small_sample"]
+        assert second["perspective_scores"][1] is None
+        assert web["channel"] == "web" and web["vci_index"] == pytest.approx((100 + 50) / 2)
+        assert app["channel"] == "app" and app["vci_index"] is None and app["insufficient"] == 1
+        assert app["kpi_insufficient"] == ["no_data", "no_data"]
+        # the tidy views
+        per = client.execute(f"SELECT perspective, score FROM {database}.vci_perspective_scores "
+                             "WHERE slice = 'overall' AND window_start = toDateTime('2024-05-01 10:00:00', 'UTC') "
+                             "ORDER BY perspective")
+        assert per == [("money", pytest.approx(60.0)), ("voice", pytest.approx(50.0))]
+        kpis = client.execute(f"SELECT kpi, attainment, insufficient_reason FROM {database}.vci_kpi_attainments "
+                              "WHERE slice = 'overall' AND window_start = toDateTime('2024-05-01 11:00:00', 'UTC') "
+                              "ORDER BY kpi")
+        assert kpis == [("aov", pytest.approx(0.6), ""), ("csat_avg", None, "small_sample")]
+        registered = client.execute(f"SELECT scorecard_version, scorecard_name FROM {database}.vci_scorecards")
+        assert registered == [(card.version_id, "job fixture")]
+        # gauges: newest window per label set
+        common = dict(granularity="3600", scorecard_version=card.version_id, region="")
+        assert sample(registry, "copulse_vci_index", slice="overall", channel="", **common) == pytest.approx(60.0)
+        assert sample(registry, "copulse_vci_perspective_score", slice="overall", channel="", perspective="money",
+                      **common) == pytest.approx(60.0)
+        assert sample(registry, "copulse_vci_perspective_score", slice="overall", channel="", perspective="voice",
+                      **common) is None
+        assert sample(registry, "copulse_vci_kpi_attainment", slice="overall", channel="", perspective="money",
+                      kpi="aov", **common) == pytest.approx(0.6)
+        assert sample(registry, "copulse_vci_index", slice="channel", channel="web", **common) == pytest.approx(75.0)
+        assert sample(registry, "copulse_vci_index", slice="channel", channel="app", **common) is None
+        assert sample(registry, "copulse_vci_insufficient", slice="channel", channel="app", **common) == 1.0
+        assert sample(registry, "copulse_vci_active_consumers", slice="overall", channel="", **common) == 100.0
+        assert sample(registry, "copulse_vci_window_end_timestamp_seconds", slice="overall", channel="",
+                      **common) == (H0 + dt.timedelta(hours=2)).timestamp()
+        assert sample(registry, "copulse_vci_series", slice="channel") == 2.0
+        # idempotent: nothing new to score, nothing rewritten
+        assert job.run_once(since=0).scored == {3600: 0}
+        assert stored(client, database) == rows
+    finally:
+        job.close()
+
+
+@pytest.mark.integration
+def test_a_changed_scorecard_is_a_new_version_and_leaves_old_rows_alone(vci_db, tmp_path, caplog):
+    settings, client = vci_db
+    database = client.connection.database
+    path = tmp_path / "card.yaml"
+    path.write_text(JOB_CARD)
+    settings = settings.model_copy(update={"scorecard_file": str(path)})
+    job = VciJob(settings, registry=CollectorRegistry())
+    try:
+        assert job.run_once(since=0).total == 4
+        old = stored(client, database)
+        old_version = old[0]["scorecard_version"]
+        path.write_text(JOB_CARD.replace("target: 100, floor: 50", "target: 120, floor: 50"))
+        with caplog.at_level(logging.INFO, logger="sinks.vci"):
+            report = job.run_once(since=0)
+        assert report.total == 4 and report.scorecard_version != old_version
+        assert "changed: version" in caplog.text
+        rows = stored(client, database)
+        assert len(rows) == 8
+        assert [r for r in rows if r["scorecard_version"] == old_version] == old  # untouched, same computed_at
+        new = [r for r in rows if r["scorecard_version"] == report.scorecard_version]
+        assert new[0]["kpi_targets"] == [120.0, 4.5]
+        assert new[0]["kpi_attainments"][0] == pytest.approx((80 - 50) / (120 - 50))
+        # an invalid edit keeps the last valid scorecard and says what is wrong
+        path.write_text(JOB_CARD.replace("floor: 3.0", "floor: 5.0"))
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="sinks.vci"):
+            assert job.run_once(since=0).scorecard_version == report.scorecard_version
+        assert "floor 5 must be below target 4.5" in caplog.text and "keeps the previous scorecard" in caplog.text
+        assert len(client.execute(f"SELECT scorecard_version FROM {database}.vci_scorecards FINAL")) == 2
+    finally:
+        job.close()
+
+
+def test_run_safely_survives_clickhouse_down_and_logs_once(caplog):
+    settings = Settings(clickhouse_url="clickhouse://default@127.0.0.1:1/nowhere")
+    job = VciJob(settings, registry=CollectorRegistry())
+    with caplog.at_level(logging.WARNING, logger="sinks.vci"):
+        assert job.run_safely() is None
+        assert job.run_safely() is None
+    assert caplog.text.count("VCI scoring failed") == 1
