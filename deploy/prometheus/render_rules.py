@@ -5,13 +5,14 @@
     python deploy/prometheus/render_rules.py --check    exit 1 if the committed files differ from the render
     python deploy/prometheus/render_rules.py --params my.yml --out /tmp/rules
 
-Three files come out:
+Four files come out:
 
 * ``copulse_kpi_recording.yml``: ``copulse:kpi_<counter>:sum`` = the KPI gauges summed over workers
   (``sum without(instance, job)``), and the ratios ``copulse:kpi_<ratio>`` computed from those sums, every
   denominator guarded with ``(x > 0)`` so an empty window yields no sample instead of NaN/Inf;
 * ``copulse_kpi_alerts.yml``: KPI drops against a baseline, with a low-traffic floor;
-* ``copulse_pipeline_alerts.yml``: worker, consumption, watermark, dead-letter and sink alerts.
+* ``copulse_pipeline_alerts.yml``: worker, consumption, watermark, dead-letter and sink alerts;
+* ``vci.yml``: the value co-creation index: max over workers, VCI drop and stale scoring alerts.
 
 Also importable (tests render short test variants): ``render(load_params(overrides={...}))``.
 """
@@ -410,6 +411,69 @@ def pipeline_alert_groups(params: dict) -> list[dict]:
     return [{"name": "copulse-pipeline-alerts", "rules": rules}]
 
 
+def vci_groups(params: dict) -> list[dict]:
+    """vci.yml: the VCI gauges of the scoring job (sinks/vci.py) over workers, the VCI drop alert against a
+    baseline (low-traffic guard, for:) and an alert when scoring stopped."""
+    p = params["vci_alerts"]
+    job = f'job="{params.get("job", "copulse")}"'
+    sel = _selector(f'granularity="{duration_seconds(duration(p["granularity"], "vci_alerts.granularity"))}"',
+                    p.get("matchers") or "")
+    offset, brange = duration(p["baseline_offset"], "vci_alerts.baseline_offset"), duration(p["baseline_range"], "vci_alerts.baseline_range")
+    frange = duration(p["fallback_range"], "vci_alerts.fallback_range")
+    points, floor = float(p["drop_points"]), int(p["min_active_consumers"])
+    index = f"copulse:vci_index:max{sel}"
+    recording = [
+        # only the leader worker scores, and the values come from ClickHouse: max, never sum, over workers
+        {"record": "copulse:vci_index:max", "expr": "max without(instance, job) (copulse_vci_index)"},
+        {"record": "copulse:vci_perspective_score:max", "expr": "max without(instance, job) (copulse_vci_perspective_score)"},
+        {"record": "copulse:vci_active_consumers:max", "expr": "max without(instance, job) (copulse_vci_active_consumers)"},
+    ]
+    drop = {
+        "alert": "CopulseVciDrop",
+        "expr": (
+            f"(\n  {index}\n  < (\n    avg_over_time({index}[{brange}] offset {offset})\n  or\n"
+            f"    avg_over_time({index}[{frange}])\n  ) - {points:g}\n)\nand\n"
+            f"copulse:vci_active_consumers:max{sel} >= {floor}\n"
+        ),
+        "for": duration(p["for"], "vci_alerts.for"),
+        "labels": {"severity": str(p.get("severity", "warning"))},
+        "annotations": {
+            "summary": f"Value co-creation index dropped more than {points:g} points below its baseline ({_WHERE})",
+            "description": (
+                f"The VCI of the latest {p['granularity']} window is {{{{ $value | printf \"%.1f\" }}}} (0..100), more "
+                f"than {points:g} points below its baseline (average over {brange} {offset} earlier, or over the last "
+                f"{frange} while there is no such history; same scorecard version); the window has at least {floor} "
+                "active consumers."
+            ),
+            "runbook": (
+                "copulse live / copulse report for this slice: which perspective fell "
+                "(copulse_vci_perspective_score) and which KPIs (copulse_vci_kpi_attainment); then the KPI dashboards "
+                "and KPI alerts of that perspective. Targets: the scorecard (COPULSE_SCORECARD_FILE); thresholds: "
+                "deploy/prometheus/thresholds.yml vci_alerts."
+            ),
+        },
+    }
+    stale_after = int(p["stale_seconds"])
+    stale = {
+        "alert": "CopulseVciScoringStale",
+        "expr": f"time() - max by (job) (copulse_vci_last_success_timestamp_seconds{{{job}}}) > {stale_after}\n",
+        "for": duration(p["stale_for"], "vci_alerts.stale_for"),
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "No VCI scoring run succeeded for {{ $value | humanizeDuration }}",
+            "description": f"The leader worker's VCI scoring job (every COPULSE_VCI_INTERVAL_SECONDS) has not completed "
+                           f"a run for more than {stale_after} s: the vci table and the copulse_vci_* gauges are stale.",
+            "runbook": "Read the worker log for 'VCI scoring failed' (ClickHouse unreachable, missing vci table: "
+                       "`copulse db migrate`, or the first scorecard file invalid: `copulse scorecard`).",
+        },
+    }
+    return [
+        {"name": "copulse-vci-recording", "rules": recording},
+        {"name": "copulse-vci-alerts", "interval": duration(p["evaluation_interval"], "vci_alerts.evaluation_interval"),
+         "rules": [drop, stale]},
+    ]
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
@@ -433,6 +497,7 @@ def render(params: dict) -> dict[str, str]:
         "copulse_kpi_recording.yml": _dump(recording_groups()),
         "copulse_kpi_alerts.yml": _dump(kpi_alert_groups(params)),
         "copulse_pipeline_alerts.yml": _dump(pipeline_alert_groups(params)),
+        "vci.yml": _dump(vci_groups(params)),
     }
 
 
