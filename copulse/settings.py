@@ -52,6 +52,7 @@ class Settings(BaseSettings):
         30.0, ge=6, description="a killed worker's partitions move to another after this long"
     )
     metrics_port: int = 9464
+    bind_host: str = Field("127.0.0.1", description="address the metrics and Faust web servers listen on")
 
     # --- Validation --------------------------------------------------------------------------
     max_future_skew_seconds: int = Field(300, ge=0, description="events further in the future are dead-lettered")

@@ -40,7 +40,7 @@ def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.A
         broker_session_timeout=settings.kafka_session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_seconds / 3),
         web_port=settings.web_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.bind_host,
         stream_wait_empty=False,
         # >= 1 is what makes faust-streaming use its own assignor: it co-partitions the three topics with
         # the changelog and recovers the table on assignment (with 0 it falls back to round-robin).

@@ -22,6 +22,7 @@ from sinks.rows import Reject
 from streams import metrics
 from streams.codec import Decoder
 from streams.engine import DUPLICATE, FOLDED, REPLAYED, PartitionEngine
+from streams.kpi_metrics import KpiExporter
 from streams.errors import DeadLetter, RetryableError, dead_letter_headers
 from streams.validation import decode_event
 
@@ -35,6 +36,7 @@ class Pipeline:
                  restore_records: Callable[[int], list[tuple[str, bytes]]]) -> None:
         self.settings = settings
         self.decoder = Decoder(settings)
+        self.kpi_exporter = KpiExporter(settings)
         self.topic_types = {topic: t for t, topic in settings.source_topics.items()}
         self._store, self._send, self._persist = store, send, persist
         self._flush_producer, self._ack, self._restore_records = flush_producer, ack, restore_records
@@ -152,6 +154,7 @@ class Pipeline:
             self._observe(rows, max_event_ms, pending)
 
     def _observe(self, rows: list[tuple], max_event_ms: int, pending: list) -> None:
+        self.kpi_exporter.observe(rows)
         metrics.FLUSHES.inc()
         metrics.PENDING.set(len(self.pending))
         if max_event_ms > self.last_committed_ms:

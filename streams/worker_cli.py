@@ -21,8 +21,8 @@ def run(args, settings) -> int:
 
     migrate(settings)
     ensure_topics(settings)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
-    log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    start_http_server(settings.metrics_port, addr=settings.bind_host)
+    log.info("metrics on http://%s:%d/metrics", settings.bind_host, settings.metrics_port)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=args.loglevel, override_logging=False)
     worker.execute_from_commandline()

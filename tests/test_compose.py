@@ -139,10 +139,13 @@ def test_bind_mounts_exist():
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):
             source = str(volume).split(":", 1)[0]
-            if source.startswith("./deploy/grafana"):
-                continue  # dashboards and provisioning arrive with the Grafana issue
             if source.startswith("."):
                 assert (REPO / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_worker_metrics_reachable_from_other_containers():
+    env = _env(SERVICES["worker"])
+    assert env["COPULSE_BIND_HOST"] == "0.0.0.0"
 
 
 def test_prometheus_scrapes_the_worker_and_loads_the_rules():

@@ -151,3 +151,59 @@ def test_n_valid_plus_m_invalid(isolated, kafka_bootstrap, tmp_path):
                         for t in ("purchases", "usage_events", "feedback"))
         time.sleep(1)
     assert processed == n
+
+
+def generate(env: dict, tmp_path, count: int, seed: int, start: str = "2026-01-01T00:00:00Z") -> list[dict]:
+    """Run the real `copulse generate` into the isolated topics; returns its JSONL lines."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / f"gen-{seed}.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "copulse.cli", "generate", "--count", str(count), "--rate", "0",
+         "--event-time-rate", "25", "--consumers", "400", "--seed", str(seed), "--start", start,
+         "--out-of-order-seconds", "20", "--late-fraction", "0.02", "--duplicate-fraction", "0.03",
+         "--invalid-fraction", "0.03", "--out", str(out), "--quiet"],
+        env=dict(os.environ, **env), check=True, timeout=300)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def oracle_input(lines: list[dict]) -> list[dict]:
+    """Valid, duplicate and late messages as the oracle reads them (invalid ones are not its business)."""
+    return [{"type": m["type"], "partition": m["partition"], "offset": m["offset"], "event": m["event"]}
+            for m in lines if m["expected"] != "invalid"]
+
+
+@pytest.mark.slow
+def test_generator_events_exact_after_repeated_kill_9(isolated, kafka_bootstrap, tmp_path):
+    """Generator output (out of order within lateness, duplicates, late and invalid messages) through a
+    worker killed with SIGKILL three times: final rows equal the oracle, the DLQ holds every invalid
+    message, the late topic every late one, and consumed = processed + dead-lettered."""
+    from tests.oracle import classify
+
+    env, settings, client, database, workers = isolated
+    lines = generate(env, tmp_path, 3000, seed=21)
+    sent = oracle_input(lines)
+    _, late, dupes = classify(sent, settings.allowed_lateness_seconds * 1000, settings.granularity_seconds[0] * 1000)
+    labels = [m["expected"] for m in lines]
+    assert len(late) == labels.count("late") and len(dupes) == labels.count("duplicate")
+
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    workers.append(worker)
+    worker.start()
+    rng = random.Random(3)
+    for _ in range(3):
+        time.sleep(rng.uniform(7, 12))
+        worker.kill9()
+        worker.start()
+    want = expected(settings, sent)
+    assert wait_for_finals(client, database, want, worker, timeout=240) == want
+    invalid = [m for m in lines if m["expected"] == "invalid"]
+    rejected = dict(client.execute(f"SELECT kind, uniqExact(topic, partition, offset) FROM `{database}`.rejected GROUP BY kind"))
+    assert rejected.get("dlq") == len(invalid) and rejected.get("late") == len(late)
+    by_pos = {(m["topic"], m["partition"], m["offset"]): m["reason"] for m in invalid}
+    stored = client.execute(f"SELECT topic, partition, offset, any(reason) FROM `{database}`.rejected "
+                            "WHERE kind = 'dlq' GROUP BY topic, partition, offset")
+    assert {(t, p, o): r for t, p, o, r in stored} == by_pos

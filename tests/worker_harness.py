@@ -45,7 +45,6 @@ def worker_env(name: str, kafka_bootstrap: str, clickhouse: dict, tmp: Path, **o
         "COPULSE_IDLE_TIMEOUT_SECONDS": "8",
         "COPULSE_EMIT_INTERVAL_SECONDS": "1",
         "COPULSE_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
-        "COPULSE_MAX_FUTURE_SKEW_SECONDS": str(10 * 365 * 86400),
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env
