@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
-import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from clickhouse_driver import Client
@@ -28,55 +23,12 @@ from streams.events import Event
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-REPO_DIR = Path(__file__).resolve().parents[1]
-STACK = REPO_DIR / "deploy" / "stack.sh"
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 OUTAGE_SECONDS = 32
 KPI_PER_BATCH, EVENTS_PER_BATCH, REJECTS_PER_BATCH = 40, 30, 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ThrowawayClickHouse:
-    port: int
-    env: dict
-
-    def _stack(self, command: str) -> None:
-        result = subprocess.run(
-            ["bash", str(STACK), command], env=self.env, cwd=REPO_DIR, capture_output=True, text=True, timeout=240
-        )
-        assert result.returncode == 0, f"deploy/stack.sh {command} failed:\n{result.stdout}\n{result.stderr}"
-
-    def up(self) -> None:
-        self._stack("clickhouse-up")
-
-    def down(self) -> None:
-        self._stack("clickhouse-down")
-
-
-@pytest.fixture
-def throwaway_clickhouse(tmp_path):
-    if not STACK.exists() or "clickhouse-up" not in STACK.read_text():
-        pytest.fail("deploy/stack.sh with clickhouse-up / clickhouse-down is needed for the outage test")
-    native, http = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "COPULSE_STACK_DIR": str(tmp_path / "stack"),
-        "COPULSE_CH_NATIVE_PORT": str(native),
-        "COPULSE_CH_HTTP_PORT": str(http),
-    }
-    server = ThrowawayClickHouse(native, env)
-    server.up()
-    try:
-        yield server
-    finally:
-        server.down()
 
 
 def batch(number: int) -> SinkBatch:

@@ -1,0 +1,72 @@
+"""ClickHouse goes away mid-stream for more than 30 s under a running worker: the worker applies
+backpressure (stops consuming, keeps everything), says so once in its log and in metrics, resumes by
+itself, and in the end no KPI row is lost and none doubled — the finals still equal the oracle."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+from clickhouse_driver import Client
+
+from copulse.settings import Settings
+from tests.test_worker_exactness import expected, generate, oracle_input, wait_for_finals
+from tests.worker_harness import WorkerProcess, worker_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def metric(port: str, name: str) -> float | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_worker_survives_clickhouse_outage(throwaway_clickhouse, kafka_bootstrap, tmp_path):
+    name = f"cpx_outage_{int(time.time()) % 10**6}"
+    env = worker_env(name, kafka_bootstrap, {"host": "127.0.0.1", "port": throwaway_clickhouse.port}, tmp_path)
+    settings = Settings(**{k[len("COPULSE_"):].lower(): v for k, v in env.items()})
+    from streams.topics import ensure_topics
+
+    ensure_topics(settings)
+    first = generate(env, tmp_path, 1500, seed=31, start="2026-01-01T00:00:00Z")
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    client = Client(host="127.0.0.1", port=throwaway_clickhouse.port)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # the worker is up and has stored something
+            try:
+                if client.execute(f"SELECT count() FROM `{name}`.kpi_windows")[0][0] > 0:
+                    break
+            except Exception:
+                pass
+            time.sleep(1)
+        client.disconnect()
+        throwaway_clickhouse.down()
+        second = generate(env, tmp_path, 1500, seed=32, start="2026-01-01T00:02:30Z")
+        pressure = None
+        for _ in range(35):
+            time.sleep(1)
+            assert worker.alive(), worker.log_tail()
+            pressure = metric(env["COPULSE_METRICS_PORT"], "copulse_sink_backpressure") or pressure
+        assert pressure == 1.0, "the sink did not report backpressure while ClickHouse was down"
+        throwaway_clickhouse.up()
+        want = expected(settings, oracle_input(first) + oracle_input(second))
+        got = wait_for_finals(client, name, want, worker, timeout=180)
+        assert got == want
+        assert metric(env["COPULSE_METRICS_PORT"], "copulse_sink_backpressure") == 0.0
+        log = (tmp_path / "worker.log").read_text()
+        assert log.count("ClickHouse unavailable") == 1 and log.count("ClickHouse back after") == 1, worker.log_tail()
+        valid = {m["event"]["event_id"] for m in first + second if m["expected"] in ("valid", "late")}
+        stored = sum(client.execute(f"SELECT count() FROM `{name}`.{t} FINAL")[0][0]
+                     for t in ("purchases", "usage_events", "feedback"))
+        assert stored == len(valid)  # every valid event once, none doubled
+    finally:
+        worker.stop()
