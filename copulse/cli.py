@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kpis": ("sinks.scorecard", "print the latest final KPI scorecard from ClickHouse"),
     "scorecard": ("copulse.scorecard", "validate and print the value co-creation scorecard (targets, weights)"),
     "vci score": ("sinks.vci", "score final KPI windows into the vci table (what the worker does every few seconds)"),
+    "live": ("copulse.live", "live value co-creation scorecard in the terminal (index, perspectives, KPIs, pipeline)"),
+    "report": ("copulse.report", "self-contained HTML report of the value co-creation scorecard over a time range"),
 }
 
 
