@@ -38,10 +38,8 @@ test: up ## THE test command: provision + up + pytest against the local stack (P
 	if [ $$rc = 5 ]; then echo "make test: ERROR: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$rc
 
-run: up ## up, migrate ClickHouse, create topics, run the worker (Ctrl-C stops the worker, not the stack)
-	$(COPULSE) db migrate
-	$(COPULSE) topics create
-	$(COPULSE) worker
+run: ## THE main job: provision + up, migrate, topics, worker + generator in the background, live scorecard until Ctrl-C, then stop what it started (RUN_ARGS='--rate 50')
+	$(PYTHON) -m copulse.mainjob $(RUN_ARGS)
 
 clean-data: ## delete the stack's data and logs under .local/ (keeps the Kafka jar cache); stack must be down
 	$(STACK) clean-data
