@@ -311,8 +311,8 @@ def render(state: LiveState, pipeline: Pipeline | None, card: Scorecard, *, gran
     now = time.time() if now is None else now
     gtext = _gtext(granularity)
     where = slice_name + (f" {value}" if value else "")
-    title = (f"[bold]copulse live[/bold] · value co-creation scorecard · {gtext} windows · slice {where} · "
-             f"scorecard {card.name} [dim]{card.version_id}[/dim]")
+    title = (f"[bold]copulse live[/bold] · value co-creation index · {gtext} windows · slice {where} · "
+             f"scorecard {card.name} [dim]({card.version_id})[/dim]")
     parts = []
     if state.error:
         parts.append(Panel(Text(state.error, style="red"), title="ClickHouse", border_style="red"))
@@ -418,16 +418,13 @@ def _waiting(state: LiveState, granularity: int, settings, now: float) -> Panel:
     return Panel(Group(*lines), border_style="yellow")
 
 
-def _pipeline(p: Pipeline | None, settings, now: float) -> Table:
-    table = Table.grid(padding=(0, 3))
-    for _ in range(5):
-        table.add_column()
+def _pipeline(p: Pipeline | None, settings, now: float) -> Group:
     if p is None:
-        return table
+        return Group()
     if not p.reachable:
-        table.add_row(Text(f"pipeline: worker metrics unreachable at {metrics_url(settings)} ({p.error}): "
-                           "is `copulse worker` running?", style="yellow"))
-        return table
+        return Group(Text(f"pipeline: worker metrics unreachable at {metrics_url(settings)} ({p.error}): "
+                          "is `copulse worker` running?", style="yellow"))
+    sep = Text("  ·  ", style="grey50")
     rate = "…" if p.consumed_rate is None else f"{p.consumed_rate:,.1f}/s"
     dlq = "…" if p.dlq_rate is None else f"{p.dlq_rate:,.2f}/s"
     if p.watermark_lag_min is None:
@@ -442,11 +439,11 @@ def _pipeline(p: Pipeline | None, settings, now: float) -> Table:
                    else "yellow")
     else:
         vci = Text("VCI scoring: no run yet", style="grey62")
-    table.add_row(Text("pipeline", style="bold"), Text(f"consumed {rate} ({p.consumed_total:,.0f} total)"),
-                  Text(f"dead letters {dlq}"), lag, sink)
-    table.add_row(Text(""), Text(f"stored {p.events_stored:,.0f} events, {p.kpi_rows_stored:,.0f} KPI rows"), Text(""),
-                  vci, Text(""))
-    return table
+    first = Text("pipeline  ", style="bold") + Text(f"consumed {rate} ({p.consumed_total:,.0f} total)") + sep \
+        + Text(f"dead letters {dlq}") + sep + lag
+    second = Text("          ") + Text(f"stored {p.events_stored:,.0f} events, {p.kpi_rows_stored:,.0f} KPI rows") \
+        + sep + sink + sep + vci
+    return Group(first, second)
 
 
 def metrics_url(settings) -> str:

@@ -47,7 +47,7 @@ def window(start: dt.datetime, index: float | None, csat: float, *, stored: bool
 
 
 def test_render_latest_window_with_trends():
-    settings = Settings()
+    settings = Settings(metrics_port=9464, allowed_lateness_seconds=30, vci_interval_seconds=15, currency="EUR")
     card = load_scorecard()
     latest = window(START, 72.4, 4.1)
     state = LiveState(latest=latest, previous=window(START - dt.timedelta(minutes=1), 69.3, 4.3))
@@ -73,7 +73,7 @@ def test_render_latest_window_with_trends():
 
 
 def test_render_waiting_and_unreachable_worker():
-    settings = Settings()
+    settings = Settings(metrics_port=9464, allowed_lateness_seconds=30, vci_interval_seconds=15, currency="EUR")
     now = START.timestamp() + 20
     state = LiveState(open_window=(START, 420))
     out = text_of(render(state, Pipeline(reachable=False, error="Connection refused"), load_scorecard(),
