@@ -22,6 +22,7 @@ its consumer record lacks; the entry's adder is then always the one of the origi
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Iterable
@@ -36,11 +37,14 @@ OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 IDX = {name: i for i, name in enumerate(COUNTERS)}
 SOURCE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}  # stable across restarts
+SOURCE_KEY = {t: str(i) for t, i in SOURCE_INDEX.items()}  # the source's key in clocks and ``applied``
 
 # distinct tags -> counter they feed
 TAG_COUNTER = {"a": IDX["active_consumers"], "p": IDX["participating_consumers"], "b": IDX["purchasers"],
                "f": IDX["feature_users"], "o": IDX["orders"]}
 RETURNING = IDX["returning_purchasers"]
+
+EKEY_CACHE_MAX = 100_000  # slice values per slice whose membership key strings are shared (then start over)
 
 FOLDED, LATE, WINDOW_CLOSED, DUPLICATE, REPLAYED = "folded", "late", "window_closed", "duplicate", "replayed"
 
@@ -50,6 +54,10 @@ class Agg:
     counters: list[int] = field(default_factory=lambda: [0] * len(COUNTERS))
     applied: dict[str, int] = field(default_factory=dict)  # source index (str) -> highest offset applied
     emitted: int = 0  # version of the last emission
+    # in memory only (never persisted): the aggregate's key and whether it is in dirty_emit / dirty_log
+    key: tuple | None = None
+    in_emit: bool = False
+    in_log: bool = False
 
 
 def event_deltas(event: Event) -> tuple[list[tuple[int, int]], list[str]]:
@@ -92,6 +100,27 @@ def event_deltas(event: Event) -> tuple[list[tuple[int, int]], list[str]]:
     return deltas, tags
 
 
+#: dimension -> its position in the tuple ``_dimension_values`` builds once per event
+_DIM_POS = {"channel": 0, "region": 1, "category": 2, "segment": 3, "product_id": 4, "feature": 5}
+
+
+def _dimension_values(event: Event) -> tuple:
+    """Every dimension's value of an event at once (same values as :func:`dimension_value`)."""
+    return (event.channel, event.region, event.category, event.segment or "unknown", event.product_id,
+            event.record.get("feature") if event.type == "usage" else None)
+
+
+def _values_getter(dims: tuple[str, ...]):
+    """A function: the tuple of ``_dimension_values`` -> the slice's values tuple."""
+    pos = tuple(_DIM_POS[d] for d in dims)
+    if not pos:
+        return lambda dv: ()
+    if len(pos) == 1:
+        i = pos[0]
+        return lambda dv: (dv[i],)
+    return operator.itemgetter(*pos)
+
+
 def dimension_value(event: Event, dim: str) -> str | None:
     if dim == "segment":
         return event.segment or "unknown"
@@ -106,6 +135,7 @@ class PartitionEngine:
         self.granularities = [g * 1000 for g in settings.granularity_seconds]
         self.finest, self.coarsest = self.granularities[0], self.granularities[-1]
         self.slices = [(name, slice_dimensions(name)) for name in settings.slices]
+        self._slice_getters = [(i, name, _values_getter(dims)) for i, (name, dims) in enumerate(self.slices)]
         self.emit_interval = settings.emit_interval_seconds
         self.wm = Watermarks(settings.allowed_lateness_seconds * 1000, settings.idle_timeout_seconds,
                              tuple(str(i) for i in SOURCE_INDEX.values()))
@@ -114,6 +144,10 @@ class PartitionEngine:
         self.consumers: dict[str, dict] = {}
         self.window_consumers: dict[tuple[int, int], set[str]] = {}
         self.purchasers: dict[tuple, set[str]] = {}  # agg key -> consumers with a purchase in it
+        # (g, ws) -> (membership label "g:ws", per slice index: slice values -> Agg): the hot path's view of aggs
+        self._win: dict[tuple[int, int], tuple[str, list[dict[tuple, Agg]]]] = {}
+        # per slice index: slice values -> (membership key prefix, tag -> prefix + tag), shared strings
+        self._ekeys: list[dict[tuple, tuple[str, dict[str, str]]]] = [{} for _ in self.slices]
         self.dirty_emit: set[tuple] = set()
         self.dirty_log: set[tuple] = set()
         self.dirty_consumers: set[str] = set()
@@ -130,16 +164,20 @@ class PartitionEngine:
         self.wm.touch(str(SOURCE_INDEX[event_type]), offset, now)
 
     def process(self, event: Event, offset: int, now: float) -> str:
-        source = str(SOURCE_INDEX[event.type])
+        source = SOURCE_KEY[event.type]
         ts = event.occurred_ms
-        if offset <= self.wm.clock(source).offset:
+        wm = self.wm
+        clock = wm.clock(source)
+        if offset <= clock.offset:
             return REPLAYED
-        if ts - ts % self.finest + self.finest <= self.wm.own(source):
-            self.wm.touch(source, offset, now)
+        if ts - ts % self.finest + self.finest <= clock.watermark(wm.lateness_ms):
+            wm.touch(source, offset, now)
             return LATE
-        if any(ts - ts % g + g <= self.wm.combined for g in self.granularities):
-            self.wm.touch(source, offset, now)
-            return WINDOW_CLOSED
+        combined = wm.combined
+        for g in self.granularities:
+            if ts - ts % g + g <= combined:
+                wm.touch(source, offset, now)
+                return WINDOW_CLOSED
         cid = event.consumer_id
         consumer = self.consumers.get(cid)
         if consumer is None:
@@ -147,29 +185,57 @@ class PartitionEngine:
         consumer_applied = consumer["o"].get(source, -1) >= offset
         seen = consumer["ids"].get(event.event_id)
         if seen is not None and seen & OFFSET_MASK != offset:
-            self.wm.observe(source, offset, ts, now)
+            wm.observe(source, offset, ts, now)
             return DUPLICATE
         adder = (int(source) << OFFSET_BITS) | offset
         deltas, tags = event_deltas(event)
+        tag_info = [(TAG_COUNTER[tag[0]], tag == "b") for tag in tags]
+        dv = _dimension_values(event)
         values_by_slice = []
-        for name, dims in self.slices:
-            values = tuple(dimension_value(event, d) for d in dims)
+        for si, name, getter in self._slice_getters:
+            values = getter(dv)
             if None not in values:
-                values_by_slice.append((name, values, SEP.join((name, *values, ""))))
+                # one shared string per membership key (slice values + tag): less memory, hash computed once
+                known = self._ekeys[si].get(values)
+                if known is None:
+                    if len(self._ekeys[si]) >= EKEY_CACHE_MAX:
+                        self._ekeys[si].clear()
+                    known = self._ekeys[si][values] = (SEP.join((name, *values, "")), {})
+                prefix, by_tag = known
+                ekeys = []
+                for tag in tags:
+                    ekey = by_tag.get(tag)
+                    if ekey is None:
+                        ekey = prefix + tag
+                        if len(tag) == 1:  # a, p, b, f; not the per-order tags
+                            by_tag[tag] = ekey
+                    ekeys.append(ekey)
+                values_by_slice.append((si, name, values, ekeys))
+        member = consumer["e"]
+        purchasers = self.purchasers
         for g in self.granularities:
             ws = ts - ts % g
             wkey = (g, ws)
-            entries = consumer["e"].setdefault(f"{g}:{ws}", {})
+            win = self._win.get(wkey)
+            if win is None:
+                win = self._win[wkey] = (f"{g}:{ws}", [{} for _ in self.slices])
+            label, index = win
+            entries = member.get(label)
+            if entries is None:
+                entries = member[label] = {}
             self.window_consumers.setdefault(wkey, set()).add(cid)
-            for name, values, prefix in values_by_slice:
-                key = (g, ws, name, values)
-                agg = self.aggs.get(key)
+            for si, name, values, ekeys in values_by_slice:
+                agg = index[si].get(values)
                 if agg is None:
-                    agg = self.aggs[key] = Agg()
-                    self.windows.setdefault(wkey, set()).add(key)
+                    key = (g, ws, name, values)
+                    agg = self.aggs.get(key)
+                    if agg is None:
+                        agg = self.aggs[key] = Agg(key=key)
+                        self.windows.setdefault(wkey, set()).add(key)
+                    index[si][values] = agg
                 agg_applied = agg.applied.get(source, -1) >= offset
-                for tag in tags:
-                    ekey = prefix + tag
+                counters = agg.counters
+                for (counter, is_purchaser), ekey in zip(tag_info, ekeys):
                     present = entries.get(ekey)
                     if present is None and not consumer_applied:
                         entries[ekey] = adder
@@ -177,24 +243,27 @@ class PartitionEngine:
                     else:
                         first = present == adder
                     if first:
-                        if tag == "b":
-                            self.purchasers.setdefault(key, set()).add(cid)
+                        if is_purchaser:
+                            purchasers.setdefault(agg.key, set()).add(cid)
                         if not agg_applied:
-                            agg.counters[TAG_COUNTER[tag[0]]] += 1
+                            counters[counter] += 1
                 if not agg_applied:
-                    counters = agg.counters
                     for i, inc in deltas:
                         counters[i] += inc
                     agg.applied[source] = offset
-                    self.dirty_emit.add(key)
-                    self.dirty_log.add(key)
+                    if not agg.in_emit:
+                        agg.in_emit = True
+                        self.dirty_emit.add(agg.key)
+                    if not agg.in_log:
+                        agg.in_log = True
+                        self.dirty_log.add(agg.key)
         if not consumer_applied:
             consumer["o"][source] = offset
             consumer["ids"][event.event_id] = (ts << OFFSET_BITS) | offset
             if event.type == "purchase" and (consumer["fp"] is None or ts < consumer["fp"]):
                 consumer["fp"] = ts
             self.dirty_consumers.add(cid)
-        self.wm.observe(source, offset, ts, now)
+        wm.observe(source, offset, ts, now)
         return FOLDED
 
     # ------------------------------------------------------------------ flush
@@ -215,11 +284,14 @@ class PartitionEngine:
                 self.dirty_log.discard(key)
                 self.purchasers.pop(key, None)
                 self.tombstones.append(self._agg_record_key(key))
+            self._win.pop(wkey, None)
             self._prune_window(wkey)
         due = self.last_provisional is None or now - self.last_provisional >= self.emit_interval
         if (due or force_provisional) and self.dirty_emit:
             for key in self.dirty_emit:
-                rows.append(self._row(key, self.aggs[key], final=False, emitted_at=emitted_at))
+                agg = self.aggs[key]
+                agg.in_emit = False
+                rows.append(self._row(key, agg, final=False, emitted_at=emitted_at))
             self.dirty_emit.clear()
             self.last_provisional = now
         elif due:
@@ -235,6 +307,7 @@ class PartitionEngine:
         self.tombstones = []
         for key in self.dirty_log:
             agg = self.aggs[key]
+            agg.in_log = False
             records.append((self._agg_record_key(key), json.dumps([agg.counters, agg.applied, agg.emitted]).encode()))
         self.dirty_log.clear()
         clocks = {s: [c.offset, c.max_ts] for s, c in self.wm.sources.items()}
@@ -306,7 +379,7 @@ class PartitionEngine:
                 g, ws, name, values = int(parts[2]), int(parts[3]), parts[4], tuple(parts[5:])
                 counters, applied, emitted = data
                 agg_key = (g, ws, name, values)
-                self.aggs[agg_key] = Agg(counters, applied, emitted)
+                self.aggs[agg_key] = Agg(counters, applied, emitted, key=agg_key, in_emit=True)
                 self.windows.setdefault((g, ws), set()).add(agg_key)
                 self.dirty_emit.add(agg_key)
             elif parts[0] == "c":
@@ -326,6 +399,7 @@ class PartitionEngine:
             for wkey in [w for w in self.window_consumers if w[0] + w[1] <= combined]:
                 self._prune_window(wkey)
             for wkey in [w for w in self.windows if w[0] + w[1] <= combined]:
+                self._win.pop(wkey, None)
                 for key in self.windows.pop(wkey):  # closed and final, tombstone not persisted yet
                     self.aggs.pop(key)
                     self.dirty_emit.discard(key)
