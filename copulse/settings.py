@@ -63,7 +63,6 @@ class Settings(BaseSettings):
     allowed_lateness_seconds: int = Field(30, ge=0)
     idle_timeout_seconds: float = Field(60.0, gt=0)
     emit_interval_seconds: float = Field(5.0, gt=0, description="provisional results of open windows")
-    state_retention_seconds: int = Field(3600, ge=0, description="keep state of closed windows this long")
     slices: list[str] = [
         "overall",
         "channel",

@@ -54,8 +54,10 @@ def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.A
     async def ack(fevent) -> None:
         await stream_holder["stream"].ack(fevent)
 
+    targets = {name: app.topic(name, key_type=bytes, value_type=bytes) for name in (settings.topic_dlq, settings.topic_late)}
+
     def send(topic: str, key, value, headers) -> None:
-        app.topic(topic, key_type=bytes, value_type=bytes).send_soon(key=key, value=value, headers=headers)
+        targets[topic].send_soon(key=key, value=value, headers=headers)
 
     def persist(partition: int, key: str, value: bytes | None) -> None:
         state.send_changelog(partition, key.encode(), value)

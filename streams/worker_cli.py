@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -11,17 +12,44 @@ def add_arguments(parser) -> None:
     parser.add_argument("--loglevel", default="info", help="Faust worker log level (default: info)")
 
 
+def _prepare(settings) -> str | None:
+    """Migrate ClickHouse and create the topics; returns an error message (saying what to do) or None."""
+    from clickhouse_driver import errors as ch_errors
+    from kafka import errors as kafka_errors
+
+    from sinks.migrations import migrate
+    from streams.topics import ensure_topics
+
+    ch = settings.clickhouse
+    try:
+        migrate(settings)
+    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError) as exc:
+        return (f"ClickHouse at {ch['host']}:{ch['port']} is unreachable ({exc}). Start the local stack with "
+                "`make up`, or point COPULSE_CLICKHOUSE_URL at a running server.")
+    try:
+        ensure_topics(settings)
+    except (kafka_errors.KafkaError, OSError) as exc:
+        return (f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({exc}). Start the local stack with "
+                "`make up`, or set COPULSE_KAFKA_BOOTSTRAP_SERVERS.")
+    return None
+
+
 def run(args, settings) -> int:
     import faust
     from prometheus_client import start_http_server
 
-    from sinks.migrations import migrate
     from streams.app import build_app
-    from streams.topics import ensure_topics
 
-    migrate(settings)
-    ensure_topics(settings)
-    start_http_server(settings.metrics_port, addr=settings.bind_host)
+    problem = _prepare(settings)
+    if problem:
+        print(f"copulse worker: {problem}", file=sys.stderr)
+        return 1
+    try:
+        start_http_server(settings.metrics_port, addr=settings.bind_host)
+    except OSError as exc:
+        print(f"copulse worker: cannot serve metrics on {settings.bind_host}:{settings.metrics_port} ({exc}); "
+              "stop the process using that port or set COPULSE_METRICS_PORT.", file=sys.stderr)
+        return 1
     log.info("metrics on http://%s:%d/metrics", settings.bind_host, settings.metrics_port)
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=args.loglevel, override_logging=False)

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+from copulse.settings import Settings
+from tests.worker_harness import free_port
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 # the ports deploy/stack.sh uses (same variables, same defaults)
@@ -238,14 +240,8 @@ def settings_factory(kafka_bootstrap, clickhouse_settings, tmp_path):
     return make
 
 # --- a throwaway ClickHouse server (own stack dir and ports) that a test may stop and restart ---------
-REPO_DIR = Path(__file__).resolve().parents[1]
 STACK = REPO_DIR / "deploy" / "stack.sh"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -270,7 +266,7 @@ class ThrowawayClickHouse:
 def throwaway_clickhouse(tmp_path):
     if not STACK.exists() or "clickhouse-up" not in STACK.read_text():
         pytest.fail("deploy/stack.sh with clickhouse-up / clickhouse-down is needed for the outage test")
-    native, http = _free_port(), _free_port()
+    native, http = free_port(), free_port()
     env = {
         **os.environ,
         "COPULSE_STACK_DIR": str(tmp_path / "stack"),
@@ -283,3 +279,51 @@ def throwaway_clickhouse(tmp_path):
         yield server
     finally:
         server.down()
+
+
+@dataclass
+class IsolatedWorker:
+    """Everything one real worker of a test owns: its COPULSE_* environment (own topics, consumer group,
+    database, ports, data dir), its Settings, a ClickHouse client and the worker processes started."""
+
+    env: dict
+    settings: Settings
+    client: object
+    database: str
+    log_path: Path
+    workers: list = field(default_factory=list)
+
+    def worker(self, cls=None):
+        from tests.worker_harness import WorkerProcess
+
+        process = (cls or WorkerProcess)(self.env, self.log_path)
+        self.workers.append(process)
+        return process
+
+
+@pytest.fixture
+def isolated_worker(request, kafka_bootstrap, clickhouse_settings, tmp_path):
+    """Factory: ``isolated_worker(**COPULSE_overrides) -> IsolatedWorker`` with topics created. Stops its
+    workers and removes its topics and database afterwards."""
+    from clickhouse_driver import Client
+
+    from streams.topics import ensure_topics
+    from tests.worker_harness import remove_resources, settings_from_env, worker_env
+
+    made: list[IsolatedWorker] = []
+
+    def make(clickhouse: dict | None = None, **overrides) -> IsolatedWorker:
+        name = f"cpx_{request.node.name[:18].strip('[]_').replace('[', '_').replace('-', '_')}_{len(made)}{uuid.uuid4().hex[:6]}"
+        env = worker_env(name, kafka_bootstrap, clickhouse or clickhouse_settings, tmp_path, **overrides)
+        settings = settings_from_env(env)
+        ensure_topics(settings)
+        client = Client(**{**(clickhouse or clickhouse_settings), "database": "default"})
+        made.append(IsolatedWorker(env, settings, client, settings.clickhouse["database"],
+                                   tmp_path / f"{name}.log"))
+        return made[-1]
+
+    yield make
+    for iso in made:
+        for process in iso.workers:
+            process.stop()
+        remove_resources(kafka_bootstrap, iso.client, iso.settings)

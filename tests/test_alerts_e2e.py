@@ -6,10 +6,6 @@ scrape and evaluation every second) scrapes the worker and evaluates deploy/prom
 rules rendered with 10 s granularity, a 60 s trailing baseline and ``for: 3s``. Through its HTTP API the test
 asserts that CopulseCsatDrop is not pending or firing on steady data and fires after the drop. The shared
 Prometheus on 9090 is never touched.
-
-Until the worker itself feeds a ``KpiExporter`` (streams/kpi_metrics.py), the worker is started through a
-small shim that wraps ``ClickHouseSink.store`` to feed one; once the worker code imports kpi_metrics the plain
-``copulse worker`` is started instead.
 """
 
 from __future__ import annotations
@@ -20,12 +16,10 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,28 +29,11 @@ import yaml
 from copulse.settings import Settings
 from streams.codec import encode
 from tests.test_alert_rules import load_renderer
-from tests.test_metrics import exporter_wired
-from tests.worker_harness import WorkerProcess, free_port, worker_env
+from tests.worker_harness import free_port
 
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-#: the worker with a KpiExporter fed after every successful store (only while the worker has none itself)
-SHIM = r"""
-import sys
-import sinks.clickhouse as ch
-from streams.kpi_metrics import KpiExporter
-_store = ch.ClickHouseSink.store
-_exporters = {}
-def store(self, batch):
-    _store(self, batch)
-    exporter = _exporters.get(id(self)) or _exporters.setdefault(id(self), KpiExporter(self.settings))
-    exporter.observe(batch.kpi_rows)
-ch.ClickHouseSink.store = store
-from copulse.cli import main
-sys.exit(main(["worker", "--loglevel", "warning"]))
-"""
 
 E2E_RULE_OVERRIDES = {
     "kpi_alerts": {
@@ -68,15 +45,6 @@ E2E_RULE_OVERRIDES = {
         "alerts": {"csat": {"min_volume": 20, "for": "3s"}},
     }
 }
-
-
-class ShimmedWorker(WorkerProcess):
-    def start(self) -> None:
-        if exporter_wired():
-            return super().start()
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([sys.executable, "-c", SHIM], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
 
 
 class Prometheus:
@@ -193,15 +161,8 @@ class Ratings(threading.Thread):
 
 
 @pytest.fixture
-def e2e(request, kafka_bootstrap, clickhouse_settings, tmp_path):
-    from clickhouse_driver import Client
-    from kafka.admin import KafkaAdminClient
-
-    from streams.topics import ensure_topics, topic_names
-
-    name = f"cpa_{random.randrange(10**8)}"
-    env = worker_env(
-        name, kafka_bootstrap, clickhouse_settings, tmp_path,
+def e2e(isolated_worker, tmp_path):
+    iso = isolated_worker(
         COPULSE_PARTITIONS=2,
         COPULSE_GRANULARITIES='["10s"]',
         COPULSE_ALLOWED_LATENESS_SECONDS=1,
@@ -210,37 +171,18 @@ def e2e(request, kafka_bootstrap, clickhouse_settings, tmp_path):
         COPULSE_SLICES='["overall", "channel"]',
         COPULSE_METRIC_SLICES='["overall"]',
     )
-    values = {k[len("COPULSE_"):].lower(): (json.loads(v) if v.startswith("[") else v) for k, v in env.items()}
-    settings = Settings(**values)
-    ensure_topics(settings)
-    worker = ShimmedWorker(env, tmp_path / "worker.log")
     renderer = load_renderer()
-    prometheus = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{env['COPULSE_METRICS_PORT']}",
+    prometheus = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{iso.env['COPULSE_METRICS_PORT']}",
                             renderer.render(renderer.load_params(overrides=E2E_RULE_OVERRIDES)))
-    ratings = Ratings(settings)
+    ratings = Ratings(iso.settings)
     try:
-        yield settings, worker, prometheus, ratings
+        yield iso.settings, iso.worker(), prometheus, ratings
     finally:
         try:
             if ratings.is_alive():
                 ratings.stop()
         finally:
-            try:
-                worker.stop()
-            finally:
-                prometheus.stop()
-    client = Client(**{**clickhouse_settings, "database": "default"})
-    client.execute(f"DROP DATABASE IF EXISTS `{settings.clickhouse['database']}`")
-    client.disconnect()
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
-    try:
-        # ours plus Faust's internal ones (<app_id>-__assignor-__leader, <app_id>-state-changelog)
-        mine = [t for t in admin.list_topics() if t in topic_names(settings) or t.startswith(f"{name}-")]
-        admin.delete_topics(mine, timeout_ms=30000)
-    except Exception as exc:  # noqa: BLE001 - cleanup only
-        warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)
-    finally:
-        admin.close()
+            prometheus.stop()
 
 
 def test_csat_drop_alert_fires_after_a_drop_and_not_on_steady_data(e2e):

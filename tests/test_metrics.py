@@ -5,17 +5,15 @@
 * A real isolated ``copulse worker`` fed with generated events: its /metrics page passes
   ``promtool check metrics``, carries the key pipeline metrics, and counts add up
   (consumed = processed + dead_lettered per topic). The ``copulse_kpi_*`` gauges are checked against
-  ClickHouse once the worker feeds a KpiExporter (see ``exporter_wired``).
+  ClickHouse.
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 import time
 import urllib.request
-import warnings
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,42 +206,11 @@ def total(families: dict, sample_name: str, **match) -> float:
                if s.name == sample_name and all(s.labels.get(k) == v for k, v in match.items()))
 
 
-def exporter_wired() -> bool:
-    """True once the worker code feeds a KpiExporter (streams/kpi_metrics.py imported by the worker)."""
-    sources = [REPO / "streams" / n for n in ("pipeline.py", "app.py", "worker_cli.py")]
-    return any("kpi_metrics" in p.read_text() for p in sources if p.exists())
-
-
 @pytest.fixture
-def isolated_worker(request, kafka_bootstrap, clickhouse_settings, tmp_path):
-    """(env, Settings, ClickHouse client, database, WorkerProcess) of a fresh, isolated worker (not started)."""
-    from clickhouse_driver import Client
-
-    from streams.topics import ensure_topics, topic_names
-    from tests.worker_harness import WorkerProcess, worker_env
-
-    name = f"cpm_{request.node.name[:16].strip('_')}_{random.randrange(10**6)}"
-    env = worker_env(name, kafka_bootstrap, clickhouse_settings, tmp_path, COPULSE_PARTITIONS=3)
-    settings = Settings(**{k[len("COPULSE_"):].lower(): v for k, v in env.items()})
-    database = settings.clickhouse["database"]
-    client = Client(**{**clickhouse_settings, "database": "default"})
-    ensure_topics(settings)
-    worker = WorkerProcess(env, tmp_path / "worker.log")
-    yield env, settings, client, database, worker
-    worker.stop()
-    client.execute(f"DROP DATABASE IF EXISTS `{database}`")
-    client.disconnect()
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
-    try:
-        # ours plus Faust's internal ones (<app_id>-__assignor-__leader, <app_id>-state-changelog)
-        mine = [t for t in admin.list_topics() if t in topic_names(settings) or t.startswith(f"{name}-")]
-        admin.delete_topics(mine, timeout_ms=30000)
-    except Exception as exc:  # noqa: BLE001 - cleanup only
-        warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)
-    finally:
-        admin.close()
+def isolated_worker_3(isolated_worker):
+    """(env, Settings, ClickHouse client, database, WorkerProcess) of a fresh 3-partition worker (not started)."""
+    iso = isolated_worker(COPULSE_PARTITIONS=3)
+    return iso.env, iso.settings, iso.client, iso.database, iso.worker()
 
 
 def latest_final_windows(client, database: str, slices: list[str]) -> dict[tuple, tuple[int, dict]]:
@@ -275,10 +242,10 @@ def latest_final_windows(client, database: str, slices: list[str]) -> dict[tuple
 
 
 @pytest.mark.integration
-def test_real_worker_metrics_pass_promtool_and_add_up(isolated_worker):
+def test_real_worker_metrics_pass_promtool_and_add_up(isolated_worker_3):
     from copulse.generator import generate_events, produce
 
-    env, settings, client, database, worker = isolated_worker
+    env, settings, client, database, worker = isolated_worker_3
     now_ms = int(time.time() * 1000)
     # two hours of event time ending ~10 min ago, so most 1m and 1h windows close while the test runs
     messages = list(generate_events(settings, count=900, seed=6, consumers=150, start_ms=now_ms - 7_800_000,
@@ -333,10 +300,7 @@ def test_real_worker_metrics_pass_promtool_and_add_up(isolated_worker):
         assert c == sum(m.topic == topic for m in messages)
     assert total(families, "copulse_events_dead_lettered_total") == invalid
 
-    # 4. the KPI gauges, once the worker feeds a KpiExporter: equal to the newest final windows in ClickHouse
-    if not exporter_wired():
-        assert "copulse_kpi_ratings" not in families  # nothing exports them yet: wiring is the worker's job
-        return
+    # 4. the KPI gauges: equal to the newest final windows in ClickHouse
     key_of = lambda s: (s.labels["granularity"], s.labels["slice"], s.labels["channel"], s.labels["region"])
     deadline = time.time() + 60
     while True:

@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.worker_harness import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "deploy" / "stack.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -75,7 +71,7 @@ def test_throwaway_clickhouse_on_its_own_dir_and_ports(tmp_path):
     """What an outage test does: start a second ClickHouse, use it, stop it; the main stack is untouched."""
     from clickhouse_driver import Client
 
-    native, http = _free_port(), _free_port()
+    native, http = free_port(), free_port()
     env = {
         **os.environ,
         "COPULSE_STACK_DIR": str(tmp_path / "stack"),

@@ -61,20 +61,10 @@ def wait_for_finals(client: Client, database: str, want: dict, worker: WorkerPro
 
 
 @pytest.fixture
-def isolated(request, kafka_bootstrap, clickhouse_settings, tmp_path):
-    """An isolated worker environment; yields (env, Settings, ClickHouse client, database, workers list)."""
-    name = f"cpx_{request.node.name[:20].strip('[]_').replace('[', '_')}_{random.randrange(10**6)}"
-    env = worker_env(name, kafka_bootstrap, clickhouse_settings, tmp_path)
-    settings = Settings(**{k[len("COPULSE_"):].lower(): v for k, v in env.items()})
-    database = settings.clickhouse["database"]
-    client = Client(**{**clickhouse_settings, "database": "default"})
-    workers: list[WorkerProcess] = []
-    from streams.topics import ensure_topics
-    ensure_topics(settings)
-    yield env, settings, client, database, workers
-    for w in workers:
-        w.stop()
-    client.execute(f"DROP DATABASE IF EXISTS `{database}`")
+def isolated(isolated_worker):
+    """(env, Settings, ClickHouse client, database, workers list) of one isolated worker environment."""
+    iso = isolated_worker()
+    return iso.env, iso.settings, iso.client, iso.database, iso.workers
 
 
 def test_final_kpis_equal_oracle(isolated, kafka_bootstrap, tmp_path):

@@ -10,9 +10,7 @@ import urllib.request
 import pytest
 from clickhouse_driver import Client
 
-from copulse.settings import Settings
 from tests.test_worker_exactness import expected, generate, oracle_input, wait_for_finals
-from tests.worker_harness import WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -28,15 +26,11 @@ def metric(port: str, name: str) -> float | None:
     return None
 
 
-def test_worker_survives_clickhouse_outage(throwaway_clickhouse, kafka_bootstrap, tmp_path):
-    name = f"cpx_outage_{int(time.time()) % 10**6}"
-    env = worker_env(name, kafka_bootstrap, {"host": "127.0.0.1", "port": throwaway_clickhouse.port}, tmp_path)
-    settings = Settings(**{k[len("COPULSE_"):].lower(): v for k, v in env.items()})
-    from streams.topics import ensure_topics
-
-    ensure_topics(settings)
+def test_worker_survives_clickhouse_outage(throwaway_clickhouse, isolated_worker, tmp_path):
+    iso = isolated_worker(clickhouse={"host": "127.0.0.1", "port": throwaway_clickhouse.port})
+    env, settings, name = iso.env, iso.settings, iso.database
     first = generate(env, tmp_path, 1500, seed=31, start="2026-01-01T00:00:00Z")
-    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker = iso.worker()
     worker.start()
     client = Client(host="127.0.0.1", port=throwaway_clickhouse.port)
     try:
@@ -62,7 +56,7 @@ def test_worker_survives_clickhouse_outage(throwaway_clickhouse, kafka_bootstrap
         got = wait_for_finals(client, name, want, worker, timeout=180)
         assert got == want
         assert metric(env["COPULSE_METRICS_PORT"], "copulse_sink_backpressure") == 0.0
-        log = (tmp_path / "worker.log").read_text()
+        log = iso.log_path.read_text()
         assert log.count("ClickHouse unavailable") == 1 and log.count("ClickHouse back after") == 1, worker.log_tail()
         valid = {m["event"]["event_id"] for m in first + second if m["expected"] in ("valid", "late")}
         stored = sum(client.execute(f"SELECT count() FROM `{name}`.{t} FINAL")[0][0]
@@ -70,3 +64,4 @@ def test_worker_survives_clickhouse_outage(throwaway_clickhouse, kafka_bootstrap
         assert stored == len(valid)  # every valid event once, none doubled
     finally:
         worker.stop()
+        client.disconnect()

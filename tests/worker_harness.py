@@ -3,8 +3,10 @@ topics, consumer group, ClickHouse database and ports, so tests can kill -9 it a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import warnings
 import socket
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 from clickhouse_driver import Client
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from copulse.settings import slice_dimensions
+from copulse.settings import Settings, slice_dimensions
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
 
 
@@ -48,6 +50,31 @@ def worker_env(name: str, kafka_bootstrap: str, clickhouse: dict, tmp: Path, **o
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """The Settings a worker started with these COPULSE_* variables sees (JSON lists parsed)."""
+    return Settings(**{k[len("COPULSE_"):].lower(): (json.loads(v) if v.startswith("[") else v)
+                       for k, v in env.items() if k.startswith("COPULSE_")})
+
+
+def remove_resources(kafka_bootstrap: str, client: Client, settings: Settings) -> None:
+    """Drop the worker's ClickHouse database and delete its topics, Faust's internal ones included."""
+    from kafka.admin import KafkaAdminClient
+
+    from streams.topics import topic_names
+
+    client.execute(f"DROP DATABASE IF EXISTS `{settings.clickhouse['database']}`")
+    client.disconnect()
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
+    try:
+        # ours plus Faust's (<app_id>-__assignor-__leader, <app_id>-state-changelog)
+        mine = [t for t in admin.list_topics() if t in topic_names(settings) or t.startswith(f"{settings.app_id}-")]
+        admin.delete_topics(mine, timeout_ms=30000)
+    except Exception as exc:  # noqa: BLE001 - cleanup only
+        warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)
+    finally:
+        admin.close()
 
 
 class WorkerProcess:
