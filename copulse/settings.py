@@ -8,6 +8,7 @@ Secrets (passwords) are ``SecretStr``: they never appear in ``repr`` or logs.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -34,24 +35,24 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COPULSE_", extra="ignore", frozen=True)
 
     # --- Kafka -------------------------------------------------------------------------------
-    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers (host:port, comma-separated)")
     partitions: int = Field(6, ge=1, description="partition count for topics copulse creates")
-    replication_factor: int = Field(1, ge=1)
-    schema_registry_url: str | None = None
-    topic_purchases: str = "copulse.purchases"
-    topic_usage: str = "copulse.usage"
-    topic_feedback: str = "copulse.feedback"
-    topic_dlq: str = "copulse.dlq"
-    topic_late: str = "copulse.late"
+    replication_factor: int = Field(1, ge=1, description="replication factor for topics copulse creates")
+    schema_registry_url: str | None = Field(None, description="Schema Registry URL; unset = the schemas shipped in schemas/ with fixed ids")
+    topic_purchases: str = Field("copulse.purchases", description="purchase events topic")
+    topic_usage: str = Field("copulse.usage", description="usage events topic")
+    topic_feedback: str = Field("copulse.feedback", description="feedback events topic")
+    topic_dlq: str = Field("copulse.dlq", description="dead-letter topic (original key and bytes, reason headers)")
+    topic_late: str = Field("copulse.late", description="events too late for their window")
 
     # --- Worker (Faust) ----------------------------------------------------------------------
-    app_id: str = "copulse"
-    worker_data_dir: str = ".local/worker"
-    web_port: int = 6066
+    app_id: str = Field("copulse", description="Faust app id: consumer group and changelog topic prefix")
+    worker_data_dir: str = Field(".local/worker", description="Faust data directory")
+    web_port: int = Field(6066, description="Faust web port")
     kafka_session_timeout_seconds: float = Field(
         30.0, ge=6, description="a killed worker's partitions move to another after this long"
     )
-    metrics_port: int = 9464
+    metrics_port: int = Field(9464, description="Prometheus metrics port of the worker")
     bind_host: str = Field("127.0.0.1", description="address the metrics and Faust web servers listen on")
 
     # --- Validation --------------------------------------------------------------------------
@@ -59,38 +60,44 @@ class Settings(BaseSettings):
     currency: str = Field("EUR", description="the one currency revenue is kept in; others are dead-lettered")
 
     # --- Windows and KPIs --------------------------------------------------------------------
-    granularities: list[str] = ["1m", "1h"]
-    allowed_lateness_seconds: int = Field(30, ge=0)
-    idle_timeout_seconds: float = Field(60.0, gt=0)
+    granularities: list[str] = Field(["1m", "1h"], description="tumbling window sizes (s, m, h, d; must divide a day)")
+    allowed_lateness_seconds: int = Field(30, ge=0, description="watermark = highest event time seen - this")
+    idle_timeout_seconds: float = Field(60.0, gt=0, description="a source partition silent this long stops holding the watermark")
     emit_interval_seconds: float = Field(5.0, gt=0, description="provisional results of open windows")
-    slices: list[str] = [
-        "overall",
-        "channel",
-        "region",
-        "category",
-        "segment",
-        "product_id",
-        "feature",
-        "channel+region",
-    ]
+    slices: list[str] = Field(
+        [
+            "overall",
+            "channel",
+            "region",
+            "category",
+            "segment",
+            "product_id",
+            "feature",
+            "channel+region",
+        ],
+        description="grouping sets: 'overall' or dimensions joined by '+'",
+    )
 
     # --- ClickHouse sink ---------------------------------------------------------------------
-    clickhouse_url: str = "clickhouse://default@localhost:9000/copulse"
-    clickhouse_password: SecretStr = SecretStr("")
-    clickhouse_readonly_user: str = "copulse_reader"
-    clickhouse_readonly_password: SecretStr = SecretStr("copulse_reader")
-    sink_batch_rows: int = Field(5000, ge=1)
-    sink_flush_seconds: float = Field(1.0, gt=0)
-    sink_retry_max_seconds: float = Field(10.0, gt=0)
+    clickhouse_url: str = Field("clickhouse://default@localhost:9000/copulse", description="ClickHouse native URL clickhouse://user@host:port/database")
+    clickhouse_password: SecretStr = Field(SecretStr(""), description="password of the ClickHouse writer user")
+    clickhouse_readonly_user: str = Field("copulse_reader", description="read-only ClickHouse user for dashboards and `copulse kpis`")
+    clickhouse_readonly_password: SecretStr = Field(SecretStr("copulse_reader"), description="its password")
+    sink_batch_rows: int = Field(5000, ge=1, description="flush after this many messages")
+    sink_flush_seconds: float = Field(1.0, gt=0, description="flush at least this often (one insert per table per flush)")
+    sink_retry_max_seconds: float = Field(10.0, gt=0, description="cap of the retry backoff while ClickHouse is down")
 
     # --- Prometheus KPI export ---------------------------------------------------------------
-    metric_slices: list[str] = ["overall", "channel", "region"]
-    metric_max_series_per_slice: int = Field(50, ge=1)
+    metric_slices: list[str] = Field(["overall", "channel", "region"], description="slices exported as copulse_kpi_* gauges")
+    metric_max_series_per_slice: int = Field(50, ge=1, description="cardinality cap of those gauges per slice")
 
     # --- Value co-creation scorecard and index (VCI) -----------------------------------------
     scorecard_file: str | None = Field(None, description="scorecard YAML; default copulse/scorecards/default.yaml")
     vci_interval_seconds: float = Field(15.0, gt=0, description="the worker scores new final windows this often")
-    vci_slices: list[str] = ["overall", "channel", "region", "category", "segment", "product_id", "channel+region"]
+    vci_slices: list[str] = Field(
+        ["overall", "channel", "region", "category", "segment", "product_id", "channel+region"],
+        description="slices the worker scores with the value co-creation index",
+    )
     vci_lookback_seconds: int = Field(2 * 86400, ge=0, description="the worker scores final windows this recent")
     vci_batch_rows: int = Field(20000, ge=1, description="at most this many windows per scoring run")
 
@@ -148,6 +155,20 @@ class Settings(BaseSettings):
             "database": (url.path or "/copulse").lstrip("/") or "copulse",
             "secure": url.scheme == "clickhouses",
         }
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every field with its variable, default and meaning."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if isinstance(default, SecretStr):
+            default = "(set)" if default.get_secret_value() else ""
+        elif isinstance(default, list):
+            default = json.dumps(default)
+        shown = f"`{default}`" if default not in (None, "") else ""
+        lines.append(f"| `COPULSE_{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(lines)
 
 
 def slice_dimensions(name: str) -> tuple[str, ...]:
