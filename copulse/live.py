@@ -311,8 +311,8 @@ def render(state: LiveState, pipeline: Pipeline | None, card: Scorecard, *, gran
     now = time.time() if now is None else now
     gtext = _gtext(granularity)
     where = slice_name + (f" {value}" if value else "")
-    title = (f"[bold]copulse live[/bold] · value co-creation index · {gtext} windows · slice {where} · "
-             f"scorecard {card.name} [dim]({card.version_id})[/dim]")
+    title = (f"[bold]copulse live[/bold] · {gtext} windows · slice {where} · scorecard {card.name} "
+             f"[dim]{card.version_id}[/dim]")
     parts = []
     if state.error:
         parts.append(Panel(Text(state.error, style="red"), title="ClickHouse", border_style="red"))
