@@ -228,3 +228,59 @@ def test_live_shows_what_the_worker_scored(live_stack):
     stdout, stderr = live.communicate(timeout=20)
     assert live.returncode == 0, stderr
     assert "copulse live: stopped" in stdout and "Traceback" not in stderr
+
+
+@pytest.mark.integration
+def test_make_run_main_job_stops_what_it_started_on_ctrl_c(kafka_bootstrap, clickhouse_settings, tmp_path):
+    """`make run`'s main job on the running stack: worker, generator and live view start; a Ctrl-C (SIGINT to the
+    foreground process group, as a terminal sends it) stops the generator and the worker and leaves the stack up."""
+    from clickhouse_driver import Client
+    from kafka.admin import KafkaAdminClient
+
+    from tests.worker_harness import worker_env
+
+    name = f"cpm_{random.randrange(10**8)}"
+    env = dict(os.environ, **worker_env(name, kafka_bootstrap, clickhouse_settings, tmp_path, COPULSE_PARTITIONS=2))
+    env.pop("COPULSE_STACK_DIR", None)
+    log = tmp_path / "make_run.log"
+    with open(log, "wb") as out:
+        job = subprocess.Popen([sys.executable, "-m", "copulse.mainjob", "--no-provision", "--rate", "20"],
+                               env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "live scorecard follows" not in log.read_text(errors="replace"):
+            assert job.poll() is None, log.read_text(errors="replace")
+            assert time.time() < deadline, log.read_text(errors="replace")
+            time.sleep(1)
+        time.sleep(8)
+        text = log.read_text(errors="replace")
+        pids = [int(line.split("(pid ")[1].split(")")[0]) for line in text.splitlines()
+                if line.startswith("make run: ") and " started (pid " in line]
+        assert len(pids) == 2 and all(_alive(p) for p in pids), text
+        os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        assert job.wait(timeout=90) == 0, log.read_text(errors="replace")
+        text = log.read_text(errors="replace")
+        assert "make run: generator stopped" in text and "make run: worker stopped" in text
+        assert "stack was already running" in text and "stopping the stack" not in text and "make run: done" in text
+        assert not any(_alive(p) for p in pids)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        client = Client(**{**clickhouse_settings, "database": "default"})
+        client.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        client.disconnect()
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
+        try:
+            admin.delete_topics([t for t in admin.list_topics() if t.startswith(name)], timeout_ms=30000)
+        except Exception as exc:  # noqa: BLE001 - cleanup only
+            warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)
+        finally:
+            admin.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
