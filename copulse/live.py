@@ -16,6 +16,7 @@ Ctrl-C quits. ``--once`` prints one frame and exits (``--svg FILE`` also saves i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import math
 import sys
@@ -39,7 +40,7 @@ from copulse.vci import score_row
 from sinks.scorecard import SELECT_COLUMNS, reader_client
 from sinks.vci import KEY_DIMENSIONS, VCI_COLUMNS, _gtext
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 GOOD, BAD, FLAT = "green", "red", "grey62"
 
 
@@ -492,10 +493,8 @@ def run(args, settings) -> int:
             state.error = f"ClickHouse unreachable at {where} ({str(exc).splitlines()[0] if str(exc) else exc!r}); " \
                           "retrying"
             if holder["client"] is not None:
-                try:
+                with contextlib.suppress(Exception):  # the connection is broken already
                     holder["client"].disconnect()
-                except Exception:  # noqa: BLE001
-                    pass
                 holder["client"] = None
         holder["pipeline"] = scrape(url, holder["pipeline"])
         return render(state, holder["pipeline"], card, granularity=granularity, slice_name=args.slice,

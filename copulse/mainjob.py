@@ -55,7 +55,7 @@ def copulse(*args: str) -> list[str]:
 
 def quiet(argv: list[str]) -> None:
     """Run a copulse step showing its result, and its log lines only when it fails."""
-    result = subprocess.run(argv, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    result = subprocess.run(argv, cwd=REPO, text=True, capture_output=True, check=False)
     for line in result.stdout.splitlines():
         say(line)
     if result.returncode != 0:
@@ -108,7 +108,7 @@ def tail(path: Path, n: int = 15) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=float(os.environ.get("COPULSE_RUN_RATE", 30)),
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("COPULSE_RUN_RATE", "30")),
                         help="generator messages per second (default 30, env COPULSE_RUN_RATE)")
     parser.add_argument("--consumers", type=int, default=1000, help="simulated consumers (default 1000)")
     parser.add_argument("--granularity", default="1m", help="window size of the live view (default 1m)")

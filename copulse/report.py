@@ -38,7 +38,7 @@ from copulse.vci import VciResult, score_row
 from sinks.scorecard import SELECT_COLUMNS, parse_window_start, reader_client
 from sinks.vci import KEY_DIMENSIONS, _gtext
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA = 0, 1, 2, 3
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -410,7 +410,7 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
     card = data.card
     e = html.escape
     indexes = [w.result.index for w in data.windows]
-    avg, low, last, n_scored = _stats(indexes)
+    avg, low, _, n_scored = _stats(indexes)
     first = next((i for i in indexes if i is not None), None)
     latest = next((i for i in reversed(indexes) if i is not None), None)
     revenue = sum(int(w.row["revenue_minor"]) for w in data.windows) / 100
@@ -418,8 +418,8 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
     g = _gtext(data.granularity)
     what = data.slice_name + (f" = {data.value}" if data.value else "")
     span = f"{_iso(data.since)} – {_iso(data.until)}"
-    out = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Value co-creation report "
-           f"{e(span)}</title><style>{CSS}</style></head><body><main>"]
+    out = [(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Value co-creation report "
+           f"{e(span)}</title><style>{CSS}</style></head><body><main>")]
     out.append("<h1>Value co-creation report</h1>")
     out.append(f"<div class=\"meta\">{e(span)} · {g} windows · slice <b>{e(what)}</b> · scorecard "
                f"<b>{e(card.name)}</b> version <code>{e(card.version_id)}</code> · generated "
@@ -440,13 +440,13 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
     out.append("</div>")
     sections = [
         ("index", "Value co-creation index",
-         f"Weighted mean of the perspective scores of each {g} window (0–100); gaps are windows with too little "
-         f"data (fewer than {card.min_perspectives} perspective(s) with enough data)."),
+         (f"Weighted mean of the perspective scores of each {g} window (0–100); gaps are windows with too little "
+         f"data (fewer than {card.min_perspectives} perspective(s) with enough data).")),
         ("perspectives", "Perspectives",
          "Each perspective's score is the weighted mean of its KPIs' attainment against their targets (0–100)."),
         ("participation", "Participation and co-creation",
-         "Share of active consumers with a co-creation action (reviews, ideas, votes, survey answers, beta use, "
-         "customisation, community posts) and co-creation actions per active consumer."),
+         ("Share of active consumers with a co-creation action (reviews, ideas, votes, survey answers, beta use, "
+         "customisation, community posts) and co-creation actions per active consumer.")),
         ("satisfaction", "Satisfaction",
          "Average rating (CSAT, left axis), net promoter score and survey response rate (right axis)."),
     ]
@@ -473,9 +473,9 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
 def _products_table(data: ReportData, top: int) -> str:
     best = data.products[:top]
     worst = [p for p in data.products[-top:] if p not in best]
-    rows = ['<table><tr><th class="l">rank</th><th class="l">product</th><th class="l">category</th><th>index</th>'
+    rows = [('<table><tr><th class="l">rank</th><th class="l">product</th><th class="l">category</th><th>index</th>'
             f'<th>windows scored</th><th>participation</th><th>CSAT</th><th>revenue ({data.currency})</th>'
-            '<th>orders</th></tr>']
+            '<th>orders</th></tr>')]
     total = len(data.products)
     for rank, p in [(i + 1, p) for i, p in enumerate(best)] + [(total - len(worst) + i + 1, p)
                                                                for i, p in enumerate(worst)]:
@@ -488,8 +488,8 @@ def _products_table(data: ReportData, top: int) -> str:
 
 
 def _summary_table(data: ReportData) -> str:
-    rows = ['<table><tr><th class="l">perspective / KPI</th><th>weight</th><th>target</th><th>floor</th>'
-            '<th>average</th><th>lowest</th><th>latest</th><th>avg attainment</th><th>windows with data</th></tr>']
+    rows = [('<table><tr><th class="l">perspective / KPI</th><th>weight</th><th>target</th><th>floor</th>'
+            '<th>average</th><th>lowest</th><th>latest</th><th>avg attainment</th><th>windows with data</th></tr>')]
     idx = [w.result.index for w in data.windows]
     avg, low, last, n = _stats(idx)
     rows.append(f'<tr class="p"><td class="l">Value co-creation index</td><td></td><td></td><td></td>'

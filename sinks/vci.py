@@ -31,6 +31,7 @@ job health: ``copulse_vci_windows_scored_total{granularity}``, ``copulse_vci_run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -88,7 +89,7 @@ def vci_row(scorecard: Scorecard, kpi: dict, result: VciResult, computed_at: int
 def _epoch(value) -> int:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return int(value.timestamp())
     return int(value)
 
@@ -267,10 +268,8 @@ class VciJob:
 
     def close(self) -> None:
         if self._own_client and self._client is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection is broken already
                 self._client.disconnect()
-            except Exception:  # already broken
-                pass
 
     def _register(self, card: Scorecard) -> None:
         if card.version_id in self._registered:

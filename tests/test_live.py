@@ -18,11 +18,19 @@ import warnings
 import pytest
 from rich.console import Console
 
-from copulse.live import KpiLine, LiveState, Pipeline, WindowScore, parse_metrics, render, trend
+from copulse.live import (
+    KpiLine,
+    LiveState,
+    Pipeline,
+    WindowScore,
+    parse_metrics,
+    render,
+    trend,
+)
 from copulse.scorecard import load_scorecard
 from copulse.settings import Settings
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 START = dt.datetime(2024, 5, 1, 12, 3, tzinfo=UTC)
 
 

@@ -8,7 +8,6 @@ import re
 import time
 import zlib
 from collections import defaultdict
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -22,7 +21,7 @@ from sinks.scorecard import SELECT_COLUMNS
 
 pytestmark = pytest.mark.integration
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 HOURS = 6
 

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import textwrap
 from decimal import Decimal
+from urllib.parse import quote
 
 import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from copulse.scorecard import load_scorecard, parse_scorecard, scorecard_from_dict
-from copulse.vci import NO_DATA, SMALL_SAMPLE, KpiInput, attainment, compute, kpi_inputs, score_row
+from copulse.settings import Settings
+from copulse.vci import (
+    NO_DATA,
+    SMALL_SAMPLE,
+    KpiInput,
+    attainment,
+    compute,
+    kpi_inputs,
+    score_row,
+)
+from sinks.clickhouse import ClickHouseSink, SinkBatch
+from sinks.migrations import migrate
+from sinks.rows import kpi_row_from_dict
+from sinks.vci import VCI_COLUMNS, VciJob
 
 CARD = parse_scorecard(
     textwrap.dedent(
@@ -163,26 +181,13 @@ def test_kpi_inputs_from_a_kpi_view_row():
 
 
 # ============================================================================ scoring job on the real ClickHouse
-import datetime as dt  # noqa: E402
-import logging  # noqa: E402
-from urllib.parse import quote  # noqa: E402
-
-from prometheus_client import CollectorRegistry  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
-
-from copulse.settings import Settings  # noqa: E402
-from sinks.clickhouse import ClickHouseSink, SinkBatch  # noqa: E402
-from sinks.migrations import migrate  # noqa: E402
-from sinks.rows import kpi_row_from_dict  # noqa: E402
-from sinks.vci import VCI_COLUMNS, VciJob  # noqa: E402
-
-UTC = dt.timezone.utc
+UTC = dt.UTC
 H0 = dt.datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
-COUNTS = dict(events=500, active_consumers=100, participating_consumers=30, co_creation_actions=60, ideas_submitted=4,
-              ratings=40, rating_sum=150, ratings_satisfied=30, nps_responses=20, nps_promoters=10, nps_detractors=4,
-              surveys_invited=40, survey_responses=20, orders=25, revenue_minor=200000, purchasers=20,
-              returning_purchasers=12, sessions=80, sessions_timed=50, session_ms=4_500_000, feature_uses=90,
-              feature_users=60)
+COUNTS = {"events": 500, "active_consumers": 100, "participating_consumers": 30, "co_creation_actions": 60, "ideas_submitted": 4,
+              "ratings": 40, "rating_sum": 150, "ratings_satisfied": 30, "nps_responses": 20, "nps_promoters": 10, "nps_detractors": 4,
+              "surveys_invited": 40, "survey_responses": 20, "orders": 25, "revenue_minor": 200000, "purchasers": 20,
+              "returning_purchasers": 12, "sessions": 80, "sessions_timed": 50, "session_ms": 4_500_000, "feature_uses": 90,
+              "feature_users": 60}
 JOB_CARD = textwrap.dedent(
     """\
     name: job fixture
@@ -275,7 +280,7 @@ def test_job_scores_final_windows_once_and_exports_gauges(vci_db):
         registered = client.execute(f"SELECT scorecard_version, scorecard_name FROM {database}.vci_scorecards")
         assert registered == [(card.version_id, "job fixture")]
         # gauges: newest window per label set
-        common = dict(granularity="3600", scorecard_version=card.version_id, region="")
+        common = {"granularity": "3600", "scorecard_version": card.version_id, "region": ""}
         assert sample(registry, "copulse_vci_index", slice="overall", channel="", **common) == pytest.approx(60.0)
         assert sample(registry, "copulse_vci_perspective_score", slice="overall", channel="", perspective="money",
                       **common) == pytest.approx(60.0)
@@ -338,3 +343,13 @@ def test_run_safely_survives_clickhouse_down_and_logs_once(caplog):
         assert job.run_safely() is None
         assert job.run_safely() is None
     assert caplog.text.count("VCI scoring failed") == 1
+
+
+def test_run_safely_survives_an_invalid_first_scorecard(tmp_path, caplog):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(JOB_CARD.replace("target: 100", "target: lots"))
+    job = VciJob(Settings(scorecard_file=str(bad), clickhouse_url="clickhouse://default@127.0.0.1:1/nowhere"),
+                 registry=CollectorRegistry())
+    with caplog.at_level(logging.WARNING, logger="sinks.vci"):
+        assert job.run_safely() is None
+    assert "VCI scoring failed" in caplog.text and "line 6: perspectives.money.kpis.aov.target" in caplog.text
