@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import math
 import sys
 import time
 import urllib.error
@@ -34,7 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from copulse.scorecard import CATALOGUE, Scorecard, ScorecardError, load_scorecard
+from copulse.scorecard import CATALOGUE, Scorecard, ScorecardError, format_value, load_scorecard
 from copulse.settings import duration_seconds, slice_dimensions
 from copulse.vci import score_row
 from sinks.scorecard import SELECT_COLUMNS, reader_client
@@ -248,24 +247,6 @@ def scrape(url: str, previous: Pipeline | None = None, timeout: float = 2.0) -> 
 
 
 # ----------------------------------------------------------------------------------------------- rendering
-def fmt_value(value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if unit == "rate":
-        return f"{value * 100:.1f} %"
-    if unit == "score":
-        return f"{value:.2f}"
-    if unit == "nps":
-        return f"{value:+.1f}"
-    if unit == "money":
-        return f"{value:,.2f}"
-    if unit == "seconds":
-        return f"{value:.0f} s"
-    if unit == "ratio":
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return f"{value:,.0f}"
-
-
 def bar(fraction: float | None, width: int = 12) -> Text:
     if fraction is None:
         return Text("·" * width, style="grey50")
@@ -388,9 +369,9 @@ def _scorecard_table(state: LiveState, currency: str) -> Table:
             else:
                 att, pct = bar(k.attainment, 16), Text(f"{k.attainment * 100:.0f} %")
             label_text = "  " + k.label + (f" ({currency})" if k.unit == "money" else "")
-            target_text = ("≤ " if k.direction == "lower" else "") + fmt_value(k.target, k.unit)
-            table.add_row(label_text, fmt_value(k.value, k.unit), target_text,
-                          fmt_value(k.floor, k.unit) if k.floor is not None else "—", att, pct,
+            target_text = ("≤ " if k.direction == "lower" else "") + format_value(k.target, k.unit)
+            table.add_row(label_text, format_value(k.value, k.unit), target_text,
+                          format_value(k.floor, k.unit) if k.floor is not None else "—", att, pct,
                           trend(k.value, k.previous, k.direction == "higher"), f"{k.sample:,.0f}")
     return table
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from clickhouse_driver import errors as ch_errors
 
-from copulse.scorecard import CATALOGUE, Scorecard, ScorecardError, load_scorecard
+from copulse.scorecard import CATALOGUE, Scorecard, ScorecardError, format_value, load_scorecard
 from copulse.settings import duration_seconds, slice_dimensions
 from copulse.vci import VciResult, score_row
 from sinks.scorecard import SELECT_COLUMNS, parse_window_start, reader_client
@@ -379,24 +379,8 @@ def _cls(score: float | None) -> str:
     return "good" if score >= 80 else "mid" if score >= 50 else "bad"
 
 
-def _num(value: float | None, unit: str = "", digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return '<span class="na">—</span>'
-    if unit == "rate":
-        return f"{value * 100:.1f} %"
-    if unit == "score":
-        return f"{value:.2f}"
-    if unit == "nps":
-        return f"{value:+.1f}"
-    if unit == "money":
-        return f"{value:,.2f}"
-    if unit == "seconds":
-        return f"{value:.0f} s"
-    if unit == "ratio":
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    if unit == "count":
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
+def _num(value: float | None, unit: str = "index") -> str:
+    return format_value(value, unit, na='<span class="na">—</span>')
 
 
 def _stats(values: list[float | None]) -> tuple[float | None, float | None, float | None, int]:

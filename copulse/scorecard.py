@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -527,3 +528,24 @@ def run(args, settings) -> int:
                           f"{k.target:g}", f"{k.min_sample} ({k.sample_column})")
     console.print(table)
     return 0
+
+
+def format_value(value: Any, unit: str, *, na: str = "—") -> str:
+    """A KPI value as people read it, by the unit of its scorecard entry (live view, report, ``copulse kpis``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return na
+    if unit == "rate":
+        return f"{value * 100:.1f} %"
+    if unit == "score":
+        return f"{value:.2f}"
+    if unit == "nps":
+        return f"{value:+.1f}"
+    if unit == "money":
+        return f"{value:,.2f}"
+    if unit == "seconds":
+        return f"{value:.0f} s"
+    if unit == "ratio":
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    if unit == "index":
+        return f"{value:.1f}"
+    return f"{value:,.0f}"

@@ -18,6 +18,7 @@ from decimal import Decimal
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from copulse.scorecard import format_value
 from copulse.settings import duration_seconds, slice_dimensions
 from streams.kpis import COUNTERS
 
@@ -207,19 +208,8 @@ def to_json(card: dict) -> str:
 
 
 def _format(value, unit: str, currency: str) -> str:
-    if value is None:
-        return "—"
-    if unit == "rate":
-        return f"{value * 100:.1f} %"
-    if unit == "score":
-        return f"{value:.2f}"
-    if unit == "nps":
-        return f"{value:+.1f}"
-    if unit == "money":
-        return f"{value} {currency}"
-    if unit == "seconds":
-        return f"{value:.1f} s"
-    return f"{value:,}"
+    text = format_value(value, unit)
+    return f"{text} {currency}" if unit == "money" and value is not None else text
 
 
 def _format_part(value) -> str:
