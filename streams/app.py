@@ -35,6 +35,9 @@ def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.A
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
+        # Faust's default (16 KiB) makes a produce request of every ~10 changelog records; ordering per
+        # partition is the same with bigger batches (aiokafka keeps one produce request per broker in flight)
+        producer_max_batch_size=900_000,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         broker_session_timeout=settings.kafka_session_timeout_seconds,

@@ -41,6 +41,8 @@ class Pipeline:
         self._store, self._send, self._persist = store, send, persist
         self._flush_producer, self._ack, self._restore_records = flush_producer, ack, restore_records
         self.engines: dict[int, PartitionEngine] = {}
+        self._consumed: dict[str, Any] = {}  # topic -> labelled CONSUMED child
+        self._processed: dict[tuple[str, str], Any] = {}  # (type, outcome) -> labelled PROCESSED child
         self.lock = asyncio.Lock()
         self._reset_batch()
         self.last_flush = time.time()
@@ -76,21 +78,32 @@ class Pipeline:
         topic, partition, offset = msg.topic, msg.partition, msg.offset
         event_type = self.topic_types[topic]
         now = time.time()
-        metrics.CONSUMED.labels(topic, event_type).inc()
+        consumed = self._consumed.get(topic)
+        if consumed is None:  # labelled children are cached: .labels() costs more than .inc()
+            consumed = self._consumed[topic] = metrics.CONSUMED.labels(topic, event_type)
+        consumed.inc()
         if msg.timestamp:
             metrics.PROCESSING_LATENCY.observe(max(0.0, now - msg.timestamp))
-        engine = self.engine(partition)
+        engine = self.engines.get(partition) or self.engine(partition)
         if engine.is_replay(event_type, offset):
             metrics.REPLAYED.labels(event_type).inc()
         else:
-            event = await self._decode(topic, msg.key, msg.value, now)
+            try:  # the common case without a coroutine; registry outages go through the retrying _decode
+                event = decode_event(self.decoder, self.settings, topic, msg.key, msg.value, int(now * 1000))
+            except DeadLetter as dead:
+                event = dead
+            except RetryableError as exc:
+                event = await self._decode(topic, msg.key, msg.value, now, exc)
             if isinstance(event, DeadLetter):
                 engine.touch(event_type, offset, now)
                 self._reject("dlq", event, topic, partition, offset, msg.key, msg.value, now)
                 metrics.DEAD_LETTERED.labels(topic, event.reason).inc()
             else:
                 outcome = engine.process(event, offset, now)
-                metrics.PROCESSED.labels(event_type, outcome).inc()
+                processed = self._processed.get((event_type, outcome))
+                if processed is None:
+                    processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
+                processed.inc()
                 if outcome == FOLDED:
                     self.raw.append((event, partition, offset))
                     self.max_event_ms = max(self.max_event_ms, event.occurred_ms)
@@ -106,17 +119,21 @@ class Pipeline:
         if len(self.pending) >= self.settings.sink_batch_rows or now - self.last_flush >= self.settings.sink_flush_seconds:
             await self.flush()
 
-    async def _decode(self, topic: str, key: bytes | None, value: bytes, now: float):
+    async def _decode(self, topic: str, key: bytes | None, value: bytes, now: float,
+                      error: RetryableError | None = None):
+        """decode_event, retried with backoff while it raises RetryableError (``error``: the first attempt's)."""
         delay = 0.5
         while True:
+            if error is not None:
+                log.warning("%s; retrying in %.1f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
             try:
                 return decode_event(self.decoder, self.settings, topic, key, value, int(now * 1000))
             except DeadLetter as dead:
                 return dead
             except RetryableError as exc:
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
+                error = exc
 
     def _reject(self, kind: str, dead: DeadLetter, topic: str, partition: int, offset: int,
                 key: bytes | None, value: bytes | None, now: float) -> None:
