@@ -8,7 +8,7 @@ COPULSE := $(PYTHON) -m copulse.cli
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help provision up down status install test run clean-data
+.PHONY: help provision up down status install test run bench clean-data
 
 help: ## list the targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON))"
@@ -40,6 +40,9 @@ test: up ## THE test command: provision + up + pytest against the local stack (P
 
 run: ## THE main job: provision + up, migrate, topics, worker + generator in the background, live scorecard until Ctrl-C, then stop what it started (RUN_ARGS='--rate 50')
 	$(PYTHON) -m copulse.mainjob $(RUN_ARGS)
+
+bench: up ## the benchmark suite on the local stack, one table (BENCH_ARGS='--events 1000000 --runs 3'); see benchmarks/README.md
+	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 
 clean-data: ## delete the stack's data and logs under .local/ (keeps the Kafka jar cache); stack must be down
 	$(STACK) clean-data
