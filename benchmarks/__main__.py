@@ -26,7 +26,7 @@ from benchmarks.common import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "limit", "peer", "latency", "memory")
+PARTS = ("throughput", "limit", "faust", "peer", "latency", "memory")
 
 
 def cross_check(cp: tuple[dict, dict], peer: dict, end_ms: int) -> tuple[int, int]:
@@ -62,7 +62,7 @@ def run_suite(args) -> int:
     progress(f"machine: {info['machine']}")
     checks = []
     try:
-        if not {"throughput", "limit", "peer"} <= skip:
+        if not {"throughput", "limit", "faust", "peer"} <= skip:
             ds = preload(prefix, args.events, consumers=args.consumers, event_time_rate=args.event_time_rate)
             info["messages"] = ds.messages
             peer_ok = "peer" not in skip and throughput.quix_available()
@@ -88,6 +88,12 @@ def run_suite(args) -> int:
                     progress(f"  decode-only limit: {lim['rate']:,.0f} events/s; fetch only: {fetch['rate']:,.0f} events/s")
                     if cp:
                         stat("ratio_limit").add(cp["rate"] / lim["rate"])
+                if "faust" not in skip:
+                    noop = throughput.run_faust_noop(ds, f"{prefix}_fn{r}", tmp)
+                    stat("faust_rate").add(noop["rate"])
+                    progress(f"  faust no-op agent: {noop['rate']:,.0f} events/s")
+                    if cp:
+                        stat("ratio_faust").add(cp["rate_committed"] / noop["rate"])
                 if peer_ok:
                     peer = throughput.run_peer(ds, f"{prefix}_qx{r}", tmp)
                     stat("peer_rate").add(peer["rate"])
@@ -157,10 +163,13 @@ def render(info: dict, s: dict[str, Stat], checks: list, args) -> str:
         ("copulse start-up (process start -> first message; not in the rate)", f("cp_startup", ".1f", " s"), ""),
         ("decode-only limit: aiokafka fetch + streams.codec.Decoder", f("limit_rate", unit=" ev/s"), ""),
         ("fetch only: aiokafka, no decode", f("fetch_rate", unit=" ev/s"), ""),
+        ("Faust ceiling: the worker's Faust set-up, agent only acks; first message -> committed",
+         f("faust_rate", unit=" ev/s"), ""),
         ("Quix Streams peer (events/min/channel + active consumers/min), first message -> committed",
          f("peer_rate", unit=" ev/s"), ""),
         ("copulse / decode-only limit (same round)", f("ratio_limit", ".3f", "x"), ">= 0.5"),
         ("copulse / peer, both first message -> committed (same round)", f("ratio_peer", ".2f", "x"), "> 1"),
+        ("copulse / Faust ceiling, both first message -> committed (same round)", f("ratio_faust", ".3f", "x"), ""),
         ("peer figures equal to copulse's (closed minutes, all rounds)",
          f"{sum(m for m, _ in checks)}/{sum(c for _, c in checks)}" if checks else "not run", "all"),
         ("**Latency** (steady load, event time = now, probes every 0.25 s)", "", ""),

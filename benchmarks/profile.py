@@ -74,14 +74,47 @@ def summarise(collapsed: Path, top: int = 15) -> dict:
         for f in set(frames):
             incl[f] += n
     return {
+        "areas": areas(collapsed),
         "samples": samples,
         "self": [(c / samples, f) for f, c in own.most_common(top)] if samples else [],
         "total": [(c / samples, f) for f, c in incl.most_common(top + 10)] if samples else [],
     }
 
 
+#: areas of the worker, first match on the stack wins (in this order)
+AREAS = (
+    ("idle (select)", ("EpollSelector.select", "_PollLikeSelector.select")),
+    ("ClickHouse store (sink thread)", ("ClickHouseSink.store",)),
+    ("changelog records to Faust (persist)", ("build_app.<locals>.persist",)),
+    ("engine.flush (rows, JSON records)", ("PartitionEngine.flush",)),
+    ("rest of Pipeline.flush", ("Pipeline.flush",)),
+    ("Pipeline.handle without flush (decode, validate, engine.process, metrics)", ("Pipeline.handle",)),
+    ("aiokafka producer", ("Sender.", "AIOKafkaProducer", "MessageAccumulator", "SendProduceReqHandler")),
+    ("Faust producer buffer", ("ProducerBuffer",)),
+    ("Faust consumer, conductor, fetcher", ("Conductor", "Consumer._drain_messages", "Fetcher", "AIOKafkaConsumerThread")),
+    ("Faust stream / agent", ("Stream.", "Agent.", "Channel.")),
+    ("Kafka connections", ("AIOKafkaConnection", "_SelectorSocketTransport")),
+)
+
+
+def areas(collapsed: Path) -> list[tuple[float, str]]:
+    counts: collections.Counter = collections.Counter()
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        name = next((a for a, keys in AREAS if any(k in stack for k in keys)), "other (event loop, threads, ...)")
+        counts[name] += int(count)
+    return [(c / total, a) for a, c in counts.most_common()] if total else []
+
+
 def format_summary(summary: dict, title: str) -> str:
     lines = [f"{title}: {summary['samples']} samples (py-spy, non-idle threads)"]
+    if summary.get("areas"):
+        lines.append("  share of samples by area")
+        lines += [f"  {share:5.1%} {name}" for share, name in summary["areas"]]
     lines.append("  self  function (innermost frame)")
     lines += [f"  {share:5.1%} {name}" for share, name in summary["self"]]
     lines.append("  total function (anywhere on the stack)")

@@ -157,6 +157,32 @@ def run_limit(ds: Dataset, *, decode: bool = True, timeout: float = 600) -> dict
             "events_per_cpu_s": res["messages"] / res["cpu"] if res["cpu"] else None}
 
 
+def run_faust_noop(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 600) -> dict:
+    """Faust's ceiling with the worker's set-up and an agent that only acks (benchmarks/faust_noop.py)."""
+    from benchmarks.common import free_port
+
+    first_file = tmp / f"{app_id}.first"
+    argv = [sys.executable, "-m", "benchmarks.faust_noop", "--bootstrap", KAFKA, "--topics", ",".join(ds.topics),
+            "--app-id", app_id, "--first-file", str(first_file), "--web-port", str(free_port()),
+            "--datadir", str(tmp / app_id)]
+    watch = OffsetWatch(ds.topics)
+    proc = Proc(argv, {}, tmp / f"{app_id}.log")
+    try:
+        deadline = time.time() + timeout
+        while not watch.all_committed(app_id):
+            if not proc.alive():
+                raise RuntimeError(f"faust no-op agent died:\n{proc.tail()}")
+            if time.time() > deadline:
+                raise RuntimeError(f"faust no-op agent not done after {timeout} s")
+            time.sleep(POLL)
+        done = time.time()
+        first = float(first_file.read_text())
+        return {"seconds": done - first, "rate": ds.messages / (done - first), "startup": first - proc.started}
+    finally:
+        proc.stop()
+        watch.close()
+
+
 def quix_available() -> bool:
     try:
         import quixstreams  # noqa: F401
