@@ -4,7 +4,6 @@ VCI rows and metrics the live view shows; Ctrl-C (SIGINT) ends it cleanly."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import random
 import signal
@@ -145,25 +144,14 @@ LIVE_CARD = textwrap.dedent(
 
 
 @pytest.fixture
-def live_stack(kafka_bootstrap, clickhouse_settings, tmp_path):
-    from clickhouse_driver import Client
-    from kafka.admin import KafkaAdminClient
-
-    from streams.topics import ensure_topics, topic_names
-    from tests.worker_harness import WorkerProcess, worker_env
-
+def live_stack(isolated_worker, tmp_path):
     (tmp_path / "card.yaml").write_text(LIVE_CARD)
-    name = f"cpl_{random.randrange(10**8)}"
-    env = worker_env(name, kafka_bootstrap, clickhouse_settings, tmp_path,
-                     COPULSE_PARTITIONS=2, COPULSE_GRANULARITIES='["10s"]', COPULSE_ALLOWED_LATENESS_SECONDS=1,
-                     COPULSE_IDLE_TIMEOUT_SECONDS=2, COPULSE_SLICES='["overall", "channel"]',
-                     COPULSE_VCI_SLICES='["overall", "channel"]', COPULSE_METRIC_SLICES='["overall"]',
-                     COPULSE_VCI_INTERVAL_SECONDS=2, COPULSE_SCORECARD_FILE=str(tmp_path / "card.yaml"))
-    values = {k[len("COPULSE_"):].lower(): (json.loads(v) if v.startswith("[") else v) for k, v in env.items()}
-    settings = Settings(**values)
-    ensure_topics(settings)
-    worker = WorkerProcess(env, tmp_path / "worker.log")
-    full_env = dict(os.environ, **env)
+    iso = isolated_worker(COPULSE_PARTITIONS=2, COPULSE_GRANULARITIES='["10s"]', COPULSE_ALLOWED_LATENESS_SECONDS=1,
+                          COPULSE_IDLE_TIMEOUT_SECONDS=2, COPULSE_SLICES='["overall", "channel"]',
+                          COPULSE_VCI_SLICES='["overall", "channel"]', COPULSE_METRIC_SLICES='["overall"]',
+                          COPULSE_VCI_INTERVAL_SECONDS=2, COPULSE_SCORECARD_FILE=str(tmp_path / "card.yaml"))
+    worker = iso.worker()
+    full_env = dict(os.environ, **iso.env)
     generator = None
     try:
         worker.start()
@@ -171,23 +159,11 @@ def live_stack(kafka_bootstrap, clickhouse_settings, tmp_path):
             generator = subprocess.Popen([sys.executable, "-m", "copulse.cli", "generate", "--rate", "60",
                                           "--consumers", "150", "--seed", "9"], env=full_env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        yield settings, worker, full_env, generator
+        yield iso.settings, worker, full_env, generator
     finally:
         if generator is not None and generator.poll() is None:
             os.killpg(generator.pid, signal.SIGTERM)
             generator.wait(timeout=30)
-        worker.stop()
-        client = Client(**{**clickhouse_settings, "database": "default"})
-        client.execute(f"DROP DATABASE IF EXISTS `{settings.clickhouse['database']}`")
-        client.disconnect()
-        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
-        try:
-            mine = [t for t in admin.list_topics() if t in topic_names(settings) or t.startswith(f"{name}-")]
-            admin.delete_topics(mine, timeout_ms=30000)
-        except Exception as exc:  # noqa: BLE001 - cleanup only
-            warnings.warn(f"could not delete the test topics: {exc}", stacklevel=1)
-        finally:
-            admin.close()
 
 
 @pytest.mark.integration
