@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event-time-rate", type=float, default=1000.0, help="events per second of event time")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {','.join(PARTS)}")
-    parser.add_argument("--rate", type=float, default=1500.0, help="latency: steady load in events/s (default 1500)")
+    parser.add_argument("--rate", type=float, default=500.0,
+                        help="latency: steady load in events/s (default 500; 1500 already saturates a worker on 2 shared cores)")
     parser.add_argument("--latency-seconds", type=float, default=60.0, help="latency: probing time per run")
     parser.add_argument("--latency-default-runs", type=int, default=1,
                         help="latency runs with the default 5 s emit interval (default 1)")

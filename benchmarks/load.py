@@ -1,9 +1,9 @@
 """Pre-load the benchmark's input topics with generator output (``copulse.generator``).
 
 Event time is laid out so that the last event falls just before a whole hour H in the past: every 1 m and
-1 h window of the data ends at or before H. After the data, every partition of every input topic gets one
-*end marker* (a valid event of its type, consumer ``bench-marker-<p>``, event time H + allowed lateness + 1 s,
-sent to partition p explicitly): it moves every source partition's watermark past H, so all windows of the
+1 h window of the data ends at or before H. After the data, every partition of every input topic gets
+*end markers* (valid events of its type, one per channel, consumer ``bench-marker-<p>-<channel>``, event time
+H + allowed lateness + 1 s, sent to partition p explicitly): it moves every source partition's watermark past H, so all windows of the
 data close by event time as soon as the worker has read everything — with the default settings (allowed
 lateness 30 s, idle timeout 60 s), nothing waits for the wall clock. The markers' own windows (starting at
 H) stay open and are not part of the checks. The data is in event-time order per partition (no jitter), so
@@ -59,19 +59,19 @@ def preload(prefix: str, events: int, *, consumers: int, event_time_rate: float,
                    data_events=stats.acked)
 
 
-def marker_records(at_ms: int, p: int, currency: str = "EUR") -> dict[str, dict]:
-    """One valid record per event type for the end marker of partition ``p``."""
+def marker_records(at_ms: int, p: int, channel: str, currency: str = "EUR") -> dict[str, dict]:
+    """One valid record per event type for the end marker of partition ``p`` and one channel."""
     from datetime import UTC, datetime
     from decimal import Decimal
 
-    common = {"consumer_id": f"bench-marker-{p}", "occurred_at": datetime.fromtimestamp(at_ms / 1000, UTC),
-              "channel": "web", "region": "DE", "segment": None, "product_id": "bench-marker", "category": "marker"}
+    common = {"consumer_id": f"bench-marker-{p}-{channel}", "occurred_at": datetime.fromtimestamp(at_ms / 1000, UTC),
+              "channel": channel, "region": "DE", "segment": None, "product_id": "bench-marker", "category": "marker"}
     return {
-        "purchase": {**common, "event_id": f"m-p-{p}-{at_ms}", "order_id": f"m-{p}", "quantity": 1,
+        "purchase": {**common, "event_id": f"m-p-{p}-{channel}-{at_ms}", "order_id": f"m-{p}-{channel}", "quantity": 1,
                      "amount": Decimal("1.00"), "currency": currency},
-        "usage": {**common, "event_id": f"m-u-{p}-{at_ms}", "session_id": f"m-{p}", "action": "session_start",
+        "usage": {**common, "event_id": f"m-u-{p}-{channel}-{at_ms}", "session_id": f"m-{p}-{channel}", "action": "session_start",
                   "co_creation": False},
-        "feedback": {**common, "event_id": f"m-f-{p}-{at_ms}", "kind": "idea", "text": "end marker"},
+        "feedback": {**common, "event_id": f"m-f-{p}-{channel}-{at_ms}", "kind": "idea", "text": "end marker"},
     }
 
 
@@ -82,8 +82,10 @@ def send_end_markers(settings, at_ms: int, partitions: int) -> int:
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     futures = []
+    from streams.validation import CHANNELS
+
     for p in range(partitions):
-        for event_type, record in marker_records(at_ms, p, settings.currency).items():
+        for event_type, record in (kv for ch in sorted(CHANNELS) for kv in marker_records(at_ms, p, ch, settings.currency).items()):
             futures.append(producer.send(settings.source_topics[event_type], key=record["consumer_id"].encode(),
                                          value=encode(event_type, record), partition=p))
     producer.flush()
