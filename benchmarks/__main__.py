@@ -45,7 +45,7 @@ def cross_check(cp: tuple[dict, dict], peer: dict, end_ms: int) -> tuple[int, in
 
 
 def run_suite(args) -> int:
-    from benchmarks import latency, memory, throughput
+    from benchmarks import latency, throughput
     from benchmarks.load import preload
 
     skip = set(filter(None, args.skip.split(",")))
@@ -58,7 +58,8 @@ def run_suite(args) -> int:
         return s.setdefault(name, Stat())
 
     info: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                  "events": args.events, "consumers": args.consumers, "runs": args.runs}
+                  "events": args.events, "consumers": args.consumers, "runs": args.runs,
+                  "worker_env": args.worker_env}
     progress(f"machine: {info['machine']}")
     checks = []
     try:
@@ -72,7 +73,7 @@ def run_suite(args) -> int:
                 progress(f"throughput round {r + 1}/{args.runs}")
                 cp = lim = peer = None
                 if "throughput" not in skip:
-                    cp = throughput.run_copulse(ds, f"{prefix}_cp{r}", tmp)
+                    cp = throughput.run_copulse(ds, f"{prefix}_cp{r}", tmp, extra_env=args.worker_env)
                     stat("cp_rate").add(cp["rate"])
                     stat("cp_rate_committed").add(cp["rate_committed"])
                     stat("cp_cpu").add(cp["events_per_cpu_s"])
@@ -190,14 +191,16 @@ def render(info: dict, s: dict[str, Stat], checks: list, args) -> str:
             (f"{n:,}/h: bytes per distinct consumer per window and slice", f(f"mem{n}_bpm", ",.0f", " B"), "<= 200 B"),
             (f"{n:,}/h: bytes per distinct consumer", f(f"mem{n}_bpc", ",.0f", " B"), ""),
         ]
-    rows.append((f"real worker peak RSS, throughput run ({info['consumers']:,} consumers, "
-                 f"{info.get('messages', 0):,} events)", f("cp_rss", ",.0f", " MiB"), ""))
+    worker_rss = (f"real worker peak RSS, throughput run ({info['consumers']:,} consumers, "
+                  f"{info.get('messages', 0):,} events)")
+    rows.append((worker_rss, f("cp_rss", ",.0f", " MiB"), ""))
     rows.append(("Quix peer peak RSS, same run", f("peer_rss", ",.0f", " MiB"), ""))
     lines = [
         f"copulse benchmarks — {info['started']}",
         f"machine: {info['machine']}",
-        f"data: {info.get('messages', 0):,} messages ({args.events:,} requested, {args.consumers:,} consumers, "
-        f"{args.event_time_rate:,.0f} events per second of event time); figures: median [min–max] n=runs",
+        (f"data: {info.get('messages', 0):,} messages ({args.events:,} requested, {args.consumers:,} consumers, "
+         f"{args.event_time_rate:,.0f} events per second of event time); figures: median [min–max] n=runs"),
+        f"copulse throughput settings: defaults{''.join(f', {k}={v}' for k, v in args.worker_env.items())}",
         "",
         "| figure | value | target |",
         "|---|---|---|",
@@ -215,7 +218,8 @@ def run_profile(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}_"))
     try:
         ds = preload(prefix, args.events, consumers=args.consumers, event_time_rate=args.event_time_rate)
-        res, summary = profile_run(ds, f"{prefix}_prof", tmp, RESULTS / "profiles")
+        # collapsed stacks (several MB) stay in a temporary directory, outside the repository
+        res, summary = profile_run(ds, f"{prefix}_prof", tmp, Path(tempfile.mkdtemp(prefix="copulse-profile-")))
     finally:
         delete_topics(lambda t: t.startswith(prefix))
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="latency runs with the default 5 s emit interval (default 1)")
     parser.add_argument("--memory-consumers", type=lambda t: [int(x) for x in t.split(",")],
                         default=[10_000, 100_000, 1_000_000], help="distinct consumers per hour (default 10000,100000,1000000)")
+    parser.add_argument("--worker-env", type=lambda t: dict(kv.split("=", 1) for kv in t.split(",") if kv), default={},
+                        help="extra COPULSE_* settings of the copulse throughput runs, e.g. "
+                             "COPULSE_SINK_FLUSH_SECONDS=5,COPULSE_SINK_BATCH_ROWS=20000 (default: none)")
     parser.add_argument("--memory-1m-runs", type=int, default=1, help="runs for >= 1M consumers (default 1)")
     args = parser.parse_args(argv)
     return run_profile(args) if args.command == "profile" else run_suite(args)

@@ -107,7 +107,7 @@ class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self.started = time.time()
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=dict(os.environ, **env), stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True, cwd=REPO_DIR)
         self.pid = self.proc.pid
@@ -222,7 +222,7 @@ class OffsetWatch:
                 offsets = self.admin.list_group_offsets(group).get(group) or {}
             else:
                 offsets = self.admin.list_consumer_group_offsets(group)
-        except Exception as exc:  # noqa: BLE001 - group not there yet
+        except Exception as exc:
             if "GroupIdNotFound" in type(exc).__name__ or "Coordinator" in type(exc).__name__:
                 return 0
             raise
@@ -256,12 +256,14 @@ def machine() -> str:
 
     cores = os.cpu_count()
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or "?"
     mem = ""
     try:
-        kb = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        with open("/proc/meminfo") as fh:
+            kb = int(next(line.split()[1] for line in fh if line.startswith("MemTotal")))
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration):
         pass

@@ -24,7 +24,17 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.common import KAFKA, Proc, ch_client, drop_database, metric_sum, progress, scrape, worker_env, worker_proc
+from benchmarks.common import (
+    KAFKA,
+    Proc,
+    ch_client,
+    drop_database,
+    metric_sum,
+    progress,
+    scrape,
+    worker_env,
+    worker_proc,
+)
 
 POLL = 0.025
 PROBE_HZ = 4

@@ -16,7 +16,13 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from benchmarks.common import KAFKA, create_topics, progress, settings_from_env, topic_env
+from benchmarks.common import (
+    KAFKA,
+    create_topics,
+    progress,
+    settings_from_env,
+    topic_env,
+)
 
 
 @dataclass

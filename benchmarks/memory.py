@@ -53,9 +53,9 @@ def events(n: int, hour_ms: int):
         ts = hour_ms + i * span // n + (30_000 if second else 0)
         cid = f"c-{i:010x}"
         cat = CATEGORIES[i % 6]
-        common = dict(consumer_id=cid, occurred_ms=ts, channel=CHANNELS[i % 6], region=REGIONS[(i // 6) % 8],
-                      segment=SEGMENTS[(i // 48) % 6], product_id=f"{cat[:3].upper()}-{(i // 7) % 8 + 1:03d}",
-                      category=cat, schema_id=0)
+        common = {"consumer_id": cid, "occurred_ms": ts, "channel": CHANNELS[i % 6], "region": REGIONS[(i // 6) % 8],
+                  "segment": SEGMENTS[(i // 48) % 6], "product_id": f"{cat[:3].upper()}-{(i // 7) % 8 + 1:03d}",
+                  "category": cat, "schema_id": 0}
         eid = f"{i:08x}-{int(second)}aaa-4bbb-8ccc-{i:012x}"
         kind = i % 3 if second else None
         if kind is None:

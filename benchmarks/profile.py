@@ -5,7 +5,7 @@ subprocess from its first consumed message until the run is done) and summarise 
 
 Prints the top functions by own time ("self": the sample's innermost frame) and by inclusive time
 ("total": anywhere on the stack), as shares of all samples of the worker's threads that were not idle.
-The collapsed stacks are kept in the output directory for flame graphs (e.g. inferno / flamegraph.pl).
+The collapsed stacks are kept (path printed on stderr) for flame graphs (e.g. inferno / flamegraph.pl).
 """
 
 from __future__ import annotations
