@@ -31,6 +31,7 @@ class Reason(StrEnum):
     UNSUPPORTED_CURRENCY = "unsupported_currency"  # currency != COPULSE_CURRENCY
     INVALID_FIELD = "invalid_field"  # anything else (empty ids, zero quantity, ...)
     LATE_EVENT = "late_event"  # used by the window engine for copulse.late, never by decoding
+    WINDOW_CLOSED = "window_closed"  # window engine: its window was already closed by an idle watermark
 
 
 # module constants, for ``from streams.errors import UNDECODABLE``
@@ -49,11 +50,12 @@ UNKNOWN_ENUM = Reason.UNKNOWN_ENUM.value
 UNSUPPORTED_CURRENCY = Reason.UNSUPPORTED_CURRENCY.value
 INVALID_FIELD = Reason.INVALID_FIELD.value
 LATE_EVENT = Reason.LATE_EVENT.value
+WINDOW_CLOSED = Reason.WINDOW_CLOSED.value
 
 #: every reason code, in declaration order
 REASONS: tuple[str, ...] = tuple(r.value for r in Reason)
-#: the reason codes decoding/validation can raise (all but late_event)
-DECODE_REASONS: tuple[str, ...] = tuple(r for r in REASONS if r != LATE_EVENT)
+#: the reason codes decoding/validation can raise (all but the window engine's)
+DECODE_REASONS: tuple[str, ...] = tuple(r for r in REASONS if r not in (LATE_EVENT, WINDOW_CLOSED))
 
 
 class DeadLetter(Exception):

@@ -21,12 +21,16 @@ from sinks.clickhouse import SinkBatch
 from sinks.rows import Reject
 from streams import metrics
 from streams.codec import Decoder
-from streams.engine import DUPLICATE, FOLDED, REPLAYED, PartitionEngine
+from streams.engine import FOLDED, LATE, PartitionEngine
+from streams.engine import WINDOW_CLOSED as CLOSED
 from streams.kpi_metrics import KpiExporter
-from streams.errors import DeadLetter, RetryableError, dead_letter_headers
+from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
 from streams.validation import decode_event
 
 log = logging.getLogger(__name__)
+
+#: engine outcome of a valid event that is not folded because it is late -> reason on copulse.late
+LATE_REASONS = {LATE: LATE_EVENT, CLOSED: WINDOW_CLOSED}
 
 
 class Pipeline:
@@ -107,9 +111,9 @@ class Pipeline:
                 if outcome == FOLDED:
                     self.raw.append((event, partition, offset))
                     self.max_event_ms = max(self.max_event_ms, event.occurred_ms)
-                elif outcome not in (DUPLICATE, REPLAYED):  # late / window_closed: valid, kept raw
+                elif outcome in LATE_REASONS:  # valid, kept raw, not folded into any window
                     self.raw.append((event, partition, offset))
-                    reason = DeadLetter(outcome if outcome != "late" else "late_event",
+                    reason = DeadLetter(LATE_REASONS[outcome],
                                         f"event time {event.record['occurred_at'].isoformat()} is behind the "
                                         f"watermark of partition {partition}; its window is closed")
                     self._reject("late", reason, topic, partition, offset, msg.key, msg.value, now)

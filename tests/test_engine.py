@@ -285,3 +285,14 @@ def test_source_without_data_holds_the_watermark_until_idle():
     # once purchases and feedback have been silent for 5 s, usage alone drives the watermark
     finals = [r for r in e.flush(NOW + 9)[0] if r[ROW_COLUMNS.index("is_final")]]
     assert [(r[ROW_COLUMNS.index("events")], r[ROW_COLUMNS.index("active_consumers")]) for r in finals] == [(2, 2)]
+
+
+def test_every_late_outcome_has_a_dead_letter_reason():
+    """The worker turns the engine's late outcomes into copulse.late reasons: each must be a known code."""
+    from streams.engine import WINDOW_CLOSED
+    from streams.errors import DeadLetter
+    from streams.pipeline import LATE_REASONS
+
+    assert set(LATE_REASONS) == {LATE, WINDOW_CLOSED}
+    for reason in LATE_REASONS.values():
+        assert DeadLetter(reason, "late").reason == reason
