@@ -153,6 +153,7 @@ class PartitionEngine:
         self.dirty_consumers: set[str] = set()
         self.tombstones: list[str] = []
         self.last_provisional: float | None = None
+        self.closed_unpruned: list[tuple[int, int]] = []  # closed in the last flush, pruned in the next
 
     # ------------------------------------------------------------------ per message
     def is_replay(self, event_type: str, offset: int) -> bool:
@@ -271,6 +272,12 @@ class PartitionEngine:
         """Emit KPI rows (finals of closed windows, provisional rows when due) and the changelog records
         that persist the state, the source clocks last. ``now`` is the wall clock (epoch seconds): it only
         drives idle watermarks, the provisional cadence and ``emitted_at``. Returns (rows, records)."""
+        # Membership of windows closed by the previous flush is pruned only now: that flush's clock record
+        # (with the watermark past their end) is persisted, so no consumer record without their entries can
+        # be restored next to a watermark that still has them open.
+        for wkey in self.closed_unpruned:
+            self._prune_window(wkey)
+        self.closed_unpruned = []
         combined = self.wm.advance(now)
         rows: list[tuple] = []
         emitted_at = datetime.fromtimestamp(int(now), UTC).replace(tzinfo=None)
@@ -285,7 +292,7 @@ class PartitionEngine:
                 self.purchasers.pop(key, None)
                 self.tombstones.append(self._agg_record_key(key))
             self._win.pop(wkey, None)
-            self._prune_window(wkey)
+            self.closed_unpruned.append(wkey)
         due = self.last_provisional is None or now - self.last_provisional >= self.emit_interval
         if (due or force_provisional) and self.dirty_emit:
             for key in self.dirty_emit:
