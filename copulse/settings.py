@@ -46,11 +46,14 @@ class Settings(BaseSettings):
     topic_late: str = Field("copulse.late", description="events too late for their window")
 
     # --- Worker (Faust) ----------------------------------------------------------------------
-    app_id: str = Field("copulse", description="Faust app id: consumer group and changelog topic prefix")
+    app_id: str = Field("copulse", description="consumer group of the source topics and prefix of the state changelog topic")
     worker_data_dir: str = Field(".local/worker", description="Faust data directory")
     web_port: int = Field(6066, description="Faust web port")
     kafka_session_timeout_seconds: float = Field(
         30.0, ge=6, description="a killed worker's partitions move to another after this long"
+    )
+    kafka_max_poll_interval_seconds: float = Field(
+        300.0, ge=10, description="a worker that handles no batch this long (e.g. ClickHouse down longer) leaves the group"
     )
     metrics_port: int = Field(9464, description="Prometheus metrics port of the worker")
     bind_host: str = Field("127.0.0.1", description="address the metrics and Faust web servers listen on")

@@ -37,3 +37,8 @@ LAST_COMMITTED_EVENT = Gauge(
     "copulse_last_committed_event_timestamp_seconds", "Highest event time among messages acked for commit"
 )
 PENDING = Gauge("copulse_pending_messages", "Messages handled but not yet acked (waiting for the next flush)")
+SEEKS_BACK = Counter("copulse_source_seeks_back_total", "Source partitions sought back because a record arrived past the expected offset")
+OFFSET_GAPS = Counter("copulse_source_offset_gaps_total", "Offset gaps confirmed by re-reading (transaction markers, retention)")
+RESTORE_SECONDS = Gauge("copulse_state_restore_seconds", "Duration of the last assignment's state restore (changelog read)")
+KAFKA_UP = Gauge("copulse_kafka_up", "1 while the worker reaches the Kafka brokers, 0 during an outage")
+KAFKA_OUTAGES = Counter("copulse_kafka_outages_total", "Times the worker lost its connection to the Kafka brokers")

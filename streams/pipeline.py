@@ -3,7 +3,7 @@
 Steps per message (each a plain call): skip re-deliveries -> decode and validate -> fold into the
 partition's window engine -> route dead letters and late events. Every ``flush`` then stores the emitted
 KPI rows, raw events and rejects in ClickHouse (blocking with retries: that is the backpressure), writes the
-engine's changelog records, flushes the producer, and only then acks the messages so Faust commits them.
+engines' changelog records, waits for their acknowledgements, and only then commits the source offsets.
 
 Errors split two ways: ``DeadLetter`` (bad data: forwarded to the DLQ, counted, never raised) and
 ``RetryableError`` (a dependency is down: retried with backoff, the partition waits).
@@ -14,17 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from copulse.settings import Settings
 from sinks.clickhouse import SinkBatch
 from sinks.rows import Reject
 from streams import metrics
 from streams.codec import Decoder
-from streams.engine import FOLDED, LATE, PartitionEngine
+from streams.engine import FOLDED, LATE, SOURCE_KEY, PartitionEngine
 from streams.engine import WINDOW_CLOSED as CLOSED
 from streams.kpi_metrics import KpiExporter
 from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
+from streams.state_store import gather_acks
 from streams.validation import decode_event
 
 log = logging.getLogger(__name__)
@@ -34,94 +35,114 @@ LATE_REASONS = {LATE: LATE_EVENT, CLOSED: WINDOW_CLOSED}
 
 
 class Pipeline:
+    """Owns the engines of the partitions this worker holds and the flush protocol.
+
+    The source consumer (streams/source.py) hands it batches of records under ``lock``; the engines decide
+    what each record changes. ``flush`` stores, persists and commits. Callbacks (all given by streams/app.py):
+    ``store`` (blocking, ClickHouse), ``send`` (dead letters and late events; returns the delivery future),
+    ``persist`` (changelog records of one partition; returns their delivery futures), ``commit`` (source
+    offsets, for consumer-lag monitoring only: where to resume is decided by the persisted clocks)."""
+
     def __init__(self, settings: Settings, *, store: Callable[[SinkBatch], None],
-                 send: Callable[..., Any], persist: Callable[[int, str, bytes | None], Any],
-                 flush_producer: Callable[[], Any], ack: Callable[[Any], Any],
-                 restore_records: Callable[[int], list[tuple[str, bytes]]]) -> None:
+                 send: Callable[..., Awaitable[asyncio.Future]],
+                 persist: Callable[[int, list[tuple[str, bytes | None]]], Awaitable[list[asyncio.Future]]],
+                 commit: Callable[[dict[tuple[str, int], int]], Awaitable[None]]) -> None:
         self.settings = settings
         self.decoder = Decoder(settings)
         self.kpi_exporter = KpiExporter(settings)
         self.topic_types = {topic: t for t, topic in settings.source_topics.items()}
-        self._store, self._send, self._persist = store, send, persist
-        self._flush_producer, self._ack, self._restore_records = flush_producer, ack, restore_records
+        self._store, self._send, self._persist, self._commit = store, send, persist, commit
         self.engines: dict[int, PartitionEngine] = {}
         self._consumed: dict[str, Any] = {}  # topic -> labelled CONSUMED child
         self._processed: dict[tuple[str, str], Any] = {}  # (type, outcome) -> labelled PROCESSED child
+        self._committed: dict[tuple[str, int], int] = {}  # (type, partition) -> next offset last committed
         self.lock = asyncio.Lock()
         self._reset_batch()
+        self.handled = 0  # messages handled since the last flush
         self.last_flush = time.time()
         self.last_committed_ms = 0
 
     def _reset_batch(self) -> None:
-        self.pending: list[Any] = []  # Faust events to ack after the next flush
         self.raw: list = []
         self.rejects: list[Reject] = []
+        self.deliveries: list[asyncio.Future] = []  # dead letters / late events sent, not yet acknowledged
         self.max_event_ms = 0
+        self.handled = 0
 
-    def engine(self, partition: int) -> PartitionEngine:
-        engine = self.engines.get(partition)
-        if engine is None:
-            engine = self.engines[partition] = PartitionEngine(partition, self.settings)
-            engine.restore(self._restore_records(partition))
-            log.info("partition %d: state restored (%d open windows, %d consumers)",
-                     partition, len(engine.windows), len(engine.consumers))
+    # ------------------------------------------------------------------ partitions
+    def restore(self, partition: int, records: list[tuple[str, bytes]]) -> PartitionEngine:
+        engine = self.engines[partition] = PartitionEngine(partition, self.settings)
+        engine.restore(records)
+        log.info("partition %d: state restored (%d open windows, %d consumers)",
+                 partition, len(engine.windows), len(engine.consumers))
         return engine
 
-    def drop(self, partitions: set[int]) -> None:
-        """Partitions revoked: forget their state and unflushed work; the new owner restores the state
-        from the changelog and re-reads the messages that were not committed."""
-        for p in partitions:
-            self.engines.pop(p, None)
-        self.pending = [e for e in self.pending if e.message.partition not in partitions]
-        self.raw = [r for r in self.raw if r[1] not in partitions]
-        self.rejects = [r for r in self.rejects if r.partition not in partitions]
+    def adopt(self, partition: int, engine: PartitionEngine) -> None:
+        """Take back an engine kept in memory across a rebalance (its changelog is unchanged since)."""
+        self.engines[partition] = engine
 
-    # ------------------------------------------------------------------ one message
-    async def handle(self, fevent: Any) -> None:
-        msg = fevent.message
-        topic, partition, offset = msg.topic, msg.partition, msg.offset
+    def release(self, partitions: set[int]) -> dict[int, PartitionEngine]:
+        """Partitions revoked, after a flush: stop handling them; returns their engines (kept by the caller
+        in case they come back unchanged)."""
+        return {p: self.engines.pop(p) for p in partitions if p in self.engines}
+
+    def next_offset(self, event_type: str, partition: int) -> int | None:
+        """The offset this partition's source must continue at: its persisted/applied clock + 1 (None: this
+        source partition never delivered anything, start at its beginning)."""
+        offset = self.engines[partition].wm.clock(SOURCE_KEY[event_type]).offset
+        return offset + 1 if offset >= 0 else None
+
+    # ------------------------------------------------------------------ messages
+    async def handle_batch(self, topic: str, partition: int, records: list[Any]) -> None:
+        """Handle records of one source partition, in offset order (the caller holds ``lock``)."""
         event_type = self.topic_types[topic]
+        engine = self.engines[partition]
         now = time.time()
+        now_ms = int(now * 1000)
         consumed = self._consumed.get(topic)
         if consumed is None:  # labelled children are cached: .labels() costs more than .inc()
             consumed = self._consumed[topic] = metrics.CONSUMED.labels(topic, event_type)
-        consumed.inc()
-        if msg.timestamp:
-            metrics.PROCESSING_LATENCY.observe(max(0.0, now - msg.timestamp))
-        engine = self.engines.get(partition) or self.engine(partition)
-        if engine.is_replay(event_type, offset):
-            metrics.REPLAYED.labels(event_type).inc()
-        else:
+        for msg in records:
+            offset = msg.offset
+            consumed.inc()
+            if msg.timestamp:
+                metrics.PROCESSING_LATENCY.observe(max(0.0, now - msg.timestamp / 1000))
+            if engine.is_replay(event_type, offset):
+                metrics.REPLAYED.labels(event_type).inc()
+                continue
             try:  # the common case without a coroutine; registry outages go through the retrying _decode
-                event = decode_event(self.decoder, self.settings, topic, msg.key, msg.value, int(now * 1000))
+                event = decode_event(self.decoder, self.settings, topic, msg.key, msg.value, now_ms)
             except DeadLetter as dead:
                 event = dead
             except RetryableError as exc:
                 event = await self._decode(topic, msg.key, msg.value, now, exc)
             if isinstance(event, DeadLetter):
                 engine.touch(event_type, offset, now)
-                self._reject("dlq", event, topic, partition, offset, msg.key, msg.value, now)
+                await self._reject("dlq", event, topic, partition, offset, msg.key, msg.value, now)
                 metrics.DEAD_LETTERED.labels(topic, event.reason).inc()
-            else:
-                outcome = engine.process(event, offset, now)
-                processed = self._processed.get((event_type, outcome))
-                if processed is None:
-                    processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
-                processed.inc()
-                if outcome == FOLDED:
-                    self.raw.append((event, partition, offset))
-                    self.max_event_ms = max(self.max_event_ms, event.occurred_ms)
-                elif outcome in LATE_REASONS:  # valid, kept raw, not folded into any window
-                    self.raw.append((event, partition, offset))
-                    reason = DeadLetter(LATE_REASONS[outcome],
-                                        f"event time {event.record['occurred_at'].isoformat()} is behind the "
-                                        f"watermark of partition {partition}; its window is closed")
-                    self._reject("late", reason, topic, partition, offset, msg.key, msg.value, now)
-                    metrics.LATE.labels(event_type, reason.reason).inc()
-        self.pending.append(fevent)
-        metrics.PENDING.set(len(self.pending))
-        if len(self.pending) >= self.settings.sink_batch_rows or now - self.last_flush >= self.settings.sink_flush_seconds:
-            await self.flush()
+                continue
+            outcome = engine.process(event, offset, now)
+            processed = self._processed.get((event_type, outcome))
+            if processed is None:
+                processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
+            processed.inc()
+            if outcome == FOLDED:
+                self.raw.append((event, partition, offset))
+                if event.occurred_ms > self.max_event_ms:
+                    self.max_event_ms = event.occurred_ms
+            elif outcome in LATE_REASONS:  # valid, kept raw, not folded into any window
+                self.raw.append((event, partition, offset))
+                reason = DeadLetter(LATE_REASONS[outcome],
+                                    f"event time {event.record['occurred_at'].isoformat()} is behind the "
+                                    f"watermark of partition {partition}; its window is closed")
+                await self._reject("late", reason, topic, partition, offset, msg.key, msg.value, now)
+                metrics.LATE.labels(event_type, reason.reason).inc()
+        self.handled += len(records)
+        metrics.PENDING.set(self.handled)
+
+    def flush_due(self) -> bool:
+        return (self.handled >= self.settings.sink_batch_rows
+                or time.time() - self.last_flush >= min(self.settings.sink_flush_seconds, self.settings.emit_interval_seconds))
 
     async def _decode(self, topic: str, key: bytes | None, value: bytes, now: float,
                       error: RetryableError | None = None):
@@ -139,45 +160,64 @@ class Pipeline:
             except RetryableError as exc:
                 error = exc
 
-    def _reject(self, kind: str, dead: DeadLetter, topic: str, partition: int, offset: int,
-                key: bytes | None, value: bytes | None, now: float) -> None:
+    async def _reject(self, kind: str, dead: DeadLetter, topic: str, partition: int, offset: int,
+                      key: bytes | None, value: bytes | None, now: float) -> None:
         target = self.settings.topic_dlq if kind == "dlq" else self.settings.topic_late
         headers = dead_letter_headers(dead.reason, dead.detail, topic, partition, offset, int(now * 1000))
-        self._send(target, key, value, headers)
+        self.deliveries.append(await self._send(target, key, value, headers))
         self.rejects.append(Reject(kind=kind, reason=dead.reason, topic=topic, partition=partition, offset=offset,
                                    key=key, value_size=len(value or b""), rejected_ms=int(now * 1000)))
 
     # ------------------------------------------------------------------ flush
     async def flush(self) -> None:
         async with self.lock:
-            now = time.time()
-            pending, raw, rejects, max_event_ms = self.pending, self.raw, self.rejects, self.max_event_ms
-            self._reset_batch()
-            rows: list[tuple] = []
-            records: list[tuple[int, list]] = []
-            for p, engine in self.engines.items():
-                r, rec = engine.flush(now)
-                rows += r
-                records.append((p, rec))
-            batch = SinkBatch(kpi_rows=rows, events=[r[0] for r in raw], rejects=rejects,
-                              event_positions=[(r[1], r[2]) for r in raw])
-            if rows or raw or rejects:
-                await asyncio.to_thread(self._store, batch)
-                if rows:
-                    metrics.EMIT_TO_STORE.observe(time.time() - now)
-            for p, recs in records:
-                for key, value in recs:
-                    self._persist(p, key, value)
-            await self._flush_producer()
-            for fevent in pending:
-                await self._ack(fevent)
-            self.last_flush = time.time()
-            self._observe(rows, max_event_ms, pending)
+            await self.flush_locked()
 
-    def _observe(self, rows: list[tuple], max_event_ms: int, pending: list) -> None:
+    async def flush_locked(self) -> None:
+        """Store rows, raw events and rejects in ClickHouse (blocking with retries: the backpressure), wait for
+        the dead letters' acknowledgements, persist the engines' changelog records (clock records last) and
+        wait for theirs, then commit the source offsets the clocks cover. A crash anywhere in between is
+        safe: the restored clocks say what is done, and everything after them is handled again."""
+        now = time.time()
+        raw, rejects, deliveries, max_event_ms = self.raw, self.rejects, self.deliveries, self.max_event_ms
+        self._reset_batch()
+        rows: list[tuple] = []
+        records: list[tuple[int, list]] = []
+        for p, engine in self.engines.items():
+            r, rec = engine.flush(now)
+            rows += r
+            if rec:
+                records.append((p, rec))
+        batch = SinkBatch(kpi_rows=rows, events=[r[0] for r in raw], rejects=rejects,
+                          event_positions=[(r[1], r[2]) for r in raw])
+        if rows or raw or rejects:
+            await asyncio.to_thread(self._store, batch)
+            if rows:
+                metrics.EMIT_TO_STORE.observe(time.time() - now)
+        await gather_acks(deliveries)
+        acks: list[asyncio.Future] = []
+        for p, recs in records:
+            acks += await self._persist(p, recs)
+        await gather_acks(acks)
+        await self._commit_clocks()
+        self.last_flush = time.time()
+        self._observe(rows, max_event_ms)
+
+    async def _commit_clocks(self) -> None:
+        positions = {}
+        for p in self.engines:
+            for event_type in self.topic_types.values():
+                nxt = self.next_offset(event_type, p)
+                if nxt is not None and self._committed.get((event_type, p)) != nxt:
+                    positions[(event_type, p)] = nxt
+        if positions:
+            await self._commit(positions)
+            self._committed.update(positions)
+
+    def _observe(self, rows: list[tuple], max_event_ms: int) -> None:
         self.kpi_exporter.observe(rows)
         metrics.FLUSHES.inc()
-        metrics.PENDING.set(len(self.pending))
+        metrics.PENDING.set(self.handled)
         if max_event_ms > self.last_committed_ms:
             self.last_committed_ms = max_event_ms
             metrics.LAST_COMMITTED_EVENT.set(max_event_ms / 1000)

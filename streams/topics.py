@@ -1,4 +1,5 @@
-"""``copulse topics create``: the three input topics, the dead-letter topic and the late-event topic.
+"""``copulse topics create``: the three input topics, the dead-letter topic, the late-event topic and the
+compacted state changelog (``<app_id>-state-changelog``, one partition per source partition).
 
 Idempotent: topics that exist are left alone. Partition counts are never changed: the message key is the
 consumer_id, so adding partitions would move consumers to other partitions and split their per-partition
@@ -13,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from streams.state_store import CHANGELOG_CONFIGS, changelog_topic
+
 log = logging.getLogger(__name__)
 
 #: topic configs: dead letters and late events are kept longer, for inspection and replay
@@ -20,13 +23,14 @@ DLQ_CONFIGS = {"retention.ms": str(14 * 86400 * 1000)}
 
 
 def topic_names(settings: Any) -> list[str]:
-    """The 5 topics copulse needs, input topics first."""
+    """The 6 topics copulse needs: input topics first, the state changelog last."""
     return [
         settings.topic_purchases,
         settings.topic_usage,
         settings.topic_feedback,
         settings.topic_dlq,
         settings.topic_late,
+        changelog_topic(settings.app_id),
     ]
 
 
@@ -59,7 +63,7 @@ def partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
 
 
 def ensure_topics(settings: Any, timeout_s: float = 30.0) -> list[str]:
-    """Create the missing ones of the 5 topics; return the names created by this call ([] if all existed).
+    """Create the missing ones of the 6 topics; return the names created by this call ([] if all existed).
 
     New topics get ``settings.partitions`` partitions and ``settings.replication_factor`` replicas; the
     call returns once they are visible in the cluster metadata. Existing topics are left alone; an input
@@ -67,7 +71,7 @@ def ensure_topics(settings: Any, timeout_s: float = 30.0) -> list[str]:
     """
     from kafka.errors import TopicAlreadyExistsError
 
-    names = topic_names(settings)
+    names = topic_names(settings)[:5]  # the changelog is made by _ensure_changelog
     inputs = set(names[:3])
     admin = _admin(settings, int(timeout_s * 1000))
     try:
@@ -107,9 +111,38 @@ def ensure_topics(settings: Any, timeout_s: float = 30.0) -> list[str]:
             )
         if missing:
             _wait_visible(admin, missing, timeout_s)
+        source_partitions = partition_counts(admin, names[:1]).get(names[0], settings.partitions)
+        if _ensure_changelog(admin, settings.app_id, source_partitions, settings.replication_factor, timeout_s):
+            created.append(changelog_topic(settings.app_id))
         return created
     finally:
         admin.close()
+
+
+def _ensure_changelog(admin: Any, app_id: str, partitions: int, replication_factor: int, timeout_s: float) -> bool:
+    """Create the state changelog (compacted, as many partitions as the source topics) or bring an existing
+    one's configs up to date (copulse owns every config of that topic). True when it was created."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import TopicAlreadyExistsError
+
+    name = changelog_topic(app_id)
+    count = partition_counts(admin, [name]).get(name)
+    if count is None:
+        try:
+            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": replication_factor,
+                                        "configs": dict(CHANGELOG_CONFIGS)}},
+                                timeout_ms=int(timeout_s * 1000), wait_for_metadata=True)
+            _wait_visible(admin, [name], timeout_s)
+            log.info("created topic %s (%d partitions, compacted)", name, partitions)
+            return True
+        except TopicAlreadyExistsError:
+            count = partition_counts(admin, [name]).get(name)
+    if count is not None and count != partitions:
+        raise RuntimeError(f"state changelog {name} has {count} partitions but the source topics have {partitions}; "
+                           f"the state of partition p must live in changelog partition p. Delete {name} (the state "
+                           "is rebuilt from the source topics) or recreate the source topics.")
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=dict(CHANGELOG_CONFIGS))])
+    return False
 
 
 def _wait_visible(admin: Any, names: list[str], timeout_s: float) -> None:

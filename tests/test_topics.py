@@ -1,4 +1,4 @@
-"""ensure_topics / `copulse topics create` on the real broker: creates the 5 topics once, then is a no-op."""
+"""ensure_topics / `copulse topics create` on the real broker: creates the 6 topics once, then is a no-op."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fresh_settings(kafka_bootstrap):
-    """Settings whose 5 topic names are unique to this test; the topics are deleted afterwards."""
+    """Settings whose 6 topic names (app id too) are unique to this test; the topics are deleted afterwards."""
     from kafka.admin import KafkaAdminClient
 
     prefix = f"tt_{uuid.uuid4().hex[:10]}"
     settings = unit_settings(
         kafka_bootstrap_servers=kafka_bootstrap,
         partitions=3,
+        app_id=prefix,
         **{f"topic_{name}": f"{prefix}.{name}" for name in ("purchases", "usage", "feedback", "dlq", "late")},
     )
     yield settings
@@ -46,7 +47,7 @@ def _counts(settings):
         admin.close()
 
 
-def test_ensure_topics_creates_the_five_topics_once(fresh_settings):
+def test_ensure_topics_creates_the_six_topics_once(fresh_settings):
     created = ensure_topics(fresh_settings)
     assert created == topic_names(fresh_settings)
     assert _counts(fresh_settings) == {name: 3 for name in topic_names(fresh_settings)}
@@ -75,17 +76,17 @@ def test_ensure_topics_creates_only_the_missing_ones(fresh_settings, kafka_boots
     finally:
         admin.close()
     created = ensure_topics(fresh_settings)
-    assert fresh_settings.topic_dlq not in created and len(created) == 4
+    assert fresh_settings.topic_dlq not in created and len(created) == 5
 
 
 def test_cli_topics_create(fresh_settings, monkeypatch, capsys):
     monkeypatch.setattr("copulse.settings.get_settings", lambda: fresh_settings)
     assert cli.main(["topics", "create"]) == 0
     first = capsys.readouterr().out
-    assert first.count("created") == 5
+    assert first.count("created") == 6
     assert cli.main(["topics", "create"]) == 0
     second = capsys.readouterr().out
-    assert second.count("exists") == 5 and "created" not in second
+    assert second.count("exists") == 6 and "created" not in second
 
 
 def test_cli_topics_create_says_what_to_do_when_kafka_is_down(monkeypatch, capsys):

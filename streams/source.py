@@ -1,0 +1,222 @@
+"""Consuming the three source topics: group membership, where each partition resumes, batches, commits.
+
+One aiokafka consumer in the consumer group ``settings.app_id`` with the range assignor, so partition p of
+every source topic goes to the same worker (they are keyed alike and have the same partition count) and one
+engine per partition index sees all of a consumer's events.
+
+Where to resume is decided by the persisted state, never by committed offsets:
+
+* on assignment, the new partitions are paused while their engine is restored from the changelog (or kept,
+  when this worker held it and nobody wrote its changelog since); then every source partition is sought to
+  its persisted clock + 1 (or its beginning when it never delivered anything) and resumed;
+* a record past the expected next offset is never accepted silently: the partition is sought back to the
+  expected offset. Only when the same record comes first again are the offsets in between known not to exist
+  (transaction markers, retention), which is logged once and counted;
+* committed offsets follow the persisted clocks (streams/pipeline.py), so consumer lag stays meaningful.
+
+Rebalances keep what they can: revoked partitions are flushed and persisted under the pipeline lock before
+they go; their engines are kept in memory and adopted again if the partition comes back unchanged.
+Records fetched for a partition before it is ready are dropped (its seek re-reads them); records of a ready
+partition are checked against its expected next offset whenever they were fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from copulse.settings import Settings
+from streams import metrics
+from streams.engine import PartitionEngine
+from streams.pipeline import Pipeline
+from streams.state_store import ChangelogStore
+
+log = logging.getLogger(__name__)
+
+
+class SourceConsumer(ConsumerRebalanceListener):
+    def __init__(self, settings: Settings, pipeline: Pipeline, state: ChangelogStore) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.state = state
+        self.topics = list(settings.source_topics.values())
+        self.types = {topic: t for t, topic in settings.source_topics.items()}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.ready: set[int] = set()  # partition indices restored, sought and resumed
+        self.generation = 0  # +1 per assignment: a restore of an older assignment does not resume
+        self.parked: dict[int, PartitionEngine] = {}  # engines of revoked partitions, with their changelog end
+        self._parked_ends: dict[int, int | None] = {}
+        self._expected: dict[TopicPartition, int | None] = {}  # next offset each source partition must deliver
+        self._gap_probe: dict[TopicPartition, int] = {}  # first offset seen past a gap, re-read pending
+        self._restoring: asyncio.Task | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        s = self.settings
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.app_id,
+            client_id=f"{s.app_id}-source",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(s.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(min(3.0, s.kafka_session_timeout_seconds / 3) * 1000),
+            max_poll_interval_ms=int(s.kafka_max_poll_interval_seconds * 1000),
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(self.topics, listener=self)
+
+    async def stop(self) -> None:
+        """Graceful stop: flush and persist everything, commit, then leave the group at once (the partitions
+        move to the other workers without waiting for the session timeout)."""
+        self._stopping = True
+        if self._restoring is not None:
+            self._restoring.cancel()
+        if self.consumer is None:
+            return
+        try:
+            async with self.pipeline.lock:
+                if self.pipeline.engines:
+                    await self.pipeline.flush_locked()
+        finally:
+            await self.consumer.stop()
+            log.info("source consumer stopped, partitions handed back to the group")
+
+    async def run(self) -> None:
+        """Fetch batches and hand them to the pipeline; flush when due. Returns when stopped."""
+        consumer, pipeline = self.consumer, self.pipeline
+        timeout_ms = int(min(self.settings.sink_flush_seconds, self.settings.emit_interval_seconds) * 1000)
+        while not self._stopping:
+            if self._restoring is not None and self._restoring.done() and not self._restoring.cancelled():
+                self._restoring.result()  # a failed restore stops the worker (another one takes over)
+            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.sink_batch_rows)
+            async with pipeline.lock:
+                if self._stopping:
+                    return
+                for tp, records in batch.items():
+                    # partitions being restored are sought when ready: what was fetched for them is dropped
+                    if tp.partition in self.ready and records:
+                        records = self._in_sequence(tp, records)
+                        if records:
+                            await pipeline.handle_batch(tp.topic, tp.partition, records)
+                if pipeline.engines and pipeline.flush_due():
+                    await pipeline.flush_locked()
+
+    # ------------------------------------------------------------------ offsets
+    def _in_sequence(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """The records that continue this source partition without a gap; seeks back on a gap."""
+        expected = self._expected.get(tp)
+        first = records[0].offset
+        if expected is not None and first > expected:
+            probe = self._gap_probe.pop(tp, None)
+            if probe != first:
+                self._gap_probe[tp] = first
+                log.warning("%s-%d: got offset %d but %d is next; reading again from %d", tp.topic, tp.partition,
+                            first, expected, expected)
+                self.consumer.seek(tp, expected)
+                metrics.SEEKS_BACK.inc()
+                return []
+            log.warning("%s-%d: offsets %d..%d do not exist (transaction markers or deleted by retention); "
+                        "continuing at %d", tp.topic, tp.partition, expected, first - 1, first)
+            metrics.OFFSET_GAPS.inc()
+        else:
+            self._gap_probe.pop(tp, None)
+        # Within a batch the records come from one fetch in offset order (gaps there are transaction markers).
+        # Records below the expected offset are re-deliveries: the engine skips what its clock covers.
+        self._expected[tp] = max(records[-1].offset + 1, expected or 0)
+        return records
+
+    async def commit(self, positions: dict[tuple[str, int], int]) -> None:
+        """Commit next offsets {(event type, partition): offset} of the partitions still assigned."""
+        assigned = self.consumer.assignment()
+        offsets = {}
+        for (event_type, partition), offset in positions.items():
+            tp = TopicPartition(self.settings.source_topics[event_type], partition)
+            if tp in assigned:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # harmless: committed offsets only feed lag monitoring; the persisted clocks decide where to resume
+            log.debug("offset commit skipped (%s)", exc)
+
+    # ------------------------------------------------------------------ rebalances
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic in self.types}
+        if self._restoring is not None:
+            self._restoring.cancel()
+            self._restoring = None
+        async with self.pipeline.lock:
+            self.generation += 1
+            self.ready -= partitions
+            if self.pipeline.engines and not self._stopping:
+                await self.pipeline.flush_locked()
+            released = self.pipeline.release(partitions)
+            for p, engine in released.items():
+                self.parked[p] = engine
+                self._parked_ends[p] = self.state.last_end(p)
+        if partitions:
+            log.info("partitions %s revoked: flushed and persisted", sorted(partitions))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Pause the new partitions and restore them in the background (a restore inside this callback would
+        hold up the group's heartbeats)."""
+        self.generation += 1
+        mine = sorted({tp.partition for tp in assigned if tp.topic in self.types})
+        sources = [tp for tp in assigned if tp.topic in self.types]
+        self.consumer.pause(*sources)
+        self._restoring = asyncio.get_running_loop().create_task(self._restore(mine, sources, self.generation))
+
+    async def _restore(self, partitions: list[int], sources: list[TopicPartition], generation: int) -> None:
+        started = time.monotonic()
+        try:
+            kept = restored = 0
+            for p in partitions:
+                engine = self.parked.pop(p, None)
+                end_then = self._parked_ends.pop(p, None)
+                if engine is not None and end_then is not None and await self.state.end_offset(p) == end_then:
+                    async with self.pipeline.lock:
+                        self.pipeline.adopt(p, engine)
+                    kept += 1
+                else:
+                    records = await self.state.read(p)
+                    async with self.pipeline.lock:
+                        self.pipeline.restore(p, records)
+                    restored += 1
+            self.parked.clear()
+            self._parked_ends.clear()
+            async with self.pipeline.lock:
+                if generation != self.generation:
+                    return
+                for tp in sources:
+                    nxt = self.pipeline.next_offset(self.types[tp.topic], tp.partition)
+                    if nxt is None:
+                        await self.consumer.seek_to_beginning(tp)
+                    else:
+                        self.consumer.seek(tp, nxt)
+                    self._expected[tp] = nxt
+                    self._gap_probe.pop(tp, None)
+                self.ready = set(partitions)
+                self.consumer.resume(*sources)
+            log.info("partitions %s assigned: %d engines kept, %d restored from the changelog in %.1f s; "
+                     "resuming at the persisted offsets", partitions, kept, restored, time.monotonic() - started)
+            metrics.RESTORE_SECONDS.set(time.monotonic() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("restoring partitions %s failed; the worker stops so that another one takes over",
+                          partitions)
+            raise
