@@ -26,6 +26,7 @@ from mode import Service
 from copulse.settings import Settings
 from sinks.clickhouse import ClickHouseSink
 from sinks.vci import VciJob
+from streams.broker_health import BrokerHealth
 from streams.pipeline import Pipeline
 from streams.source import SourceConsumer
 from streams.state_store import ChangelogStore
@@ -42,9 +43,11 @@ class PipelineService(Service):
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None  # aiokafka clients are made inside the running loop
         self.changelog = ChangelogStore(settings.kafka_bootstrap_servers, settings.app_id)
+        self.health = BrokerHealth(settings.kafka_bootstrap_servers)
+        self.health.install()
         self.pipeline = Pipeline(settings, store=sink.store, send=self._send, persist=self.changelog.write,
-                                 commit=self._commit)
-        self.source = SourceConsumer(settings, self.pipeline, self.changelog)
+                                 commit=self._commit, health=self.health)
+        self.source = SourceConsumer(settings, self.pipeline, self.changelog, self.health)
 
     async def _send(self, topic: str, key: bytes | None, value: bytes | None, headers) -> asyncio.Future:
         return await self.producer.send(topic, key=key, value=value, headers=headers)

@@ -420,6 +420,13 @@ class PartitionEngine:
                     self.dirty_emit.discard(key)
                     self.tombstones.append(self._agg_record_key(key))
 
+    def seed_first_purchase(self, consumer_id: str, occurred_ms: int) -> None:
+        """A purchase of this consumer seen before this engine's input starts (``copulse reconcile`` reads a
+        range, not the whole history): returning purchasers are decided against it."""
+        consumer = self.consumers.setdefault(consumer_id, {"o": {}, "fp": None, "ids": {}, "e": {}})
+        if consumer["fp"] is None or occurred_ms < consumer["fp"]:
+            consumer["fp"] = occurred_ms
+
     # ------------------------------------------------------------------ introspection
     def open_windows(self) -> dict[int, int]:
         """granularity seconds -> open windows."""

@@ -16,6 +16,8 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from aiokafka.errors import KafkaError
+
 from copulse.settings import Settings
 from sinks.clickhouse import SinkBatch
 from sinks.rows import Reject
@@ -25,6 +27,7 @@ from streams.engine import FOLDED, LATE, SOURCE_KEY, PartitionEngine
 from streams.engine import WINDOW_CLOSED as CLOSED
 from streams.kpi_metrics import KpiExporter
 from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
+from streams.broker_health import BrokerHealth
 from streams.state_store import gather_acks
 from streams.validation import decode_event
 
@@ -46,12 +49,14 @@ class Pipeline:
     def __init__(self, settings: Settings, *, store: Callable[[SinkBatch], None],
                  send: Callable[..., Awaitable[asyncio.Future]],
                  persist: Callable[[int, list[tuple[str, bytes | None]]], Awaitable[list[asyncio.Future]]],
-                 commit: Callable[[dict[tuple[str, int], int]], Awaitable[None]]) -> None:
+                 commit: Callable[[dict[tuple[str, int], int]], Awaitable[None]],
+                 health: BrokerHealth | None = None) -> None:
         self.settings = settings
         self.decoder = Decoder(settings)
         self.kpi_exporter = KpiExporter(settings)
         self.topic_types = {topic: t for t, topic in settings.source_topics.items()}
         self._store, self._send, self._persist, self._commit = store, send, persist, commit
+        self.health = health
         self.engines: dict[int, PartitionEngine] = {}
         self._consumed: dict[str, Any] = {}  # topic -> labelled CONSUMED child
         self._processed: dict[tuple[str, str], Any] = {}  # (type, outcome) -> labelled PROCESSED child
@@ -65,7 +70,8 @@ class Pipeline:
     def _reset_batch(self) -> None:
         self.raw: list = []
         self.rejects: list[Reject] = []
-        self.deliveries: list[asyncio.Future] = []  # dead letters / late events sent, not yet acknowledged
+        # dead letters / late events sent and not yet acknowledged: (delivery future or None, message)
+        self.deliveries: list[tuple[asyncio.Future | None, tuple]] = []
         self.max_event_ms = 0
         self.handled = 0
 
@@ -164,7 +170,11 @@ class Pipeline:
                       key: bytes | None, value: bytes | None, now: float) -> None:
         target = self.settings.topic_dlq if kind == "dlq" else self.settings.topic_late
         headers = dead_letter_headers(dead.reason, dead.detail, topic, partition, offset, int(now * 1000))
-        self.deliveries.append(await self._send(target, key, value, headers))
+        message = (target, key, value, headers)
+        try:
+            self.deliveries.append((await self._send(*message), message))
+        except KafkaError:  # broker unreachable: sent again by the flush, which waits for it
+            self.deliveries.append((None, message))
         self.rejects.append(Reject(kind=kind, reason=dead.reason, topic=topic, partition=partition, offset=offset,
                                    key=key, value_size=len(value or b""), rejected_ms=int(now * 1000)))
 
@@ -194,14 +204,48 @@ class Pipeline:
             await asyncio.to_thread(self._store, batch)
             if rows:
                 metrics.EMIT_TO_STORE.observe(time.time() - now)
-        await gather_acks(deliveries)
+        await self._until_done(self._confirm_deliveries, deliveries)
+        await self._until_done(self._persist_all, records)
+        await self._commit_clocks()
+        self.last_flush = time.time()
+        self._observe(rows, max_event_ms)
+
+    async def _confirm_deliveries(self, deliveries: list[tuple[asyncio.Future | None, tuple]]) -> None:
+        """Wait for every dead letter's acknowledgement; send again what failed."""
+        for i, (future, message) in enumerate(deliveries):
+            try:
+                if future is None:
+                    raise KafkaError("not sent")
+                await future
+            except KafkaError:
+                future = await self._send(*message)
+                deliveries[i] = (future, message)
+                await future
+
+    async def _persist_all(self, records: list[tuple[int, list]]) -> None:
+        """Write every partition's changelog records (in order) and wait for all acknowledgements. Sending
+        them all again after a failure is harmless: the same keys get the same values, in the same order."""
         acks: list[asyncio.Future] = []
         for p, recs in records:
             acks += await self._persist(p, recs)
         await gather_acks(acks)
-        await self._commit_clocks()
-        self.last_flush = time.time()
-        self._observe(rows, max_event_ms)
+
+    async def _until_done(self, step: Callable[[Any], Awaitable[None]], arg: Any) -> None:
+        """Run a Kafka step until it succeeds: the broker being away is a dependency outage (retry with
+        backoff, consumption waits), never a reason to drop or to crash."""
+        delay = 0.5
+        while True:
+            try:
+                await step(arg)
+            except KafkaError as exc:
+                if self.health is not None:
+                    self.health.went_down(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.sink_retry_max_seconds)
+                continue
+            if delay > 0.5 and self.health is not None:
+                self.health.recovered()
+            return
 
     async def _commit_clocks(self) -> None:
         positions = {}

@@ -33,6 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from copulse.settings import Settings
 from streams import metrics
+from streams.broker_health import BrokerHealth
 from streams.engine import PartitionEngine
 from streams.pipeline import Pipeline
 from streams.state_store import ChangelogStore
@@ -41,8 +42,10 @@ log = logging.getLogger(__name__)
 
 
 class SourceConsumer(ConsumerRebalanceListener):
-    def __init__(self, settings: Settings, pipeline: Pipeline, state: ChangelogStore) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, state: ChangelogStore,
+                 health: BrokerHealth | None = None) -> None:
         self.settings = settings
+        self.health = health
         self.pipeline = pipeline
         self.state = state
         self.topics = list(settings.source_topics.values())
@@ -100,7 +103,15 @@ class SourceConsumer(ConsumerRebalanceListener):
         while not self._stopping:
             if self._restoring is not None and self._restoring.done() and not self._restoring.cancelled():
                 self._restoring.result()  # a failed restore stops the worker (another one takes over)
-            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.sink_batch_rows)
+            if self.health is not None and self.health.probe_due():
+                await self._probe()
+            try:
+                batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=self.settings.sink_batch_rows)
+            except KafkaError as exc:  # the brokers are away: aiokafka reconnects by itself
+                if self.health is not None:
+                    self.health.went_down(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
             async with pipeline.lock:
                 if self._stopping:
                     return
@@ -112,6 +123,15 @@ class SourceConsumer(ConsumerRebalanceListener):
                             await pipeline.handle_batch(tp.topic, tp.partition, records)
                 if pipeline.engines and pipeline.flush_due():
                     await pipeline.flush_locked()
+
+    async def _probe(self) -> None:
+        """While Kafka is marked down: one metadata request; an answer means it is back."""
+        try:
+            await asyncio.wait_for(self.state.end_offset(0), timeout=3.0)
+        except (KafkaError, asyncio.TimeoutError, OSError):
+            self.health.probe_failed()
+        else:
+            self.health.recovered()
 
     # ------------------------------------------------------------------ offsets
     def _in_sequence(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
@@ -148,8 +168,8 @@ class SourceConsumer(ConsumerRebalanceListener):
         if not offsets:
             return
         try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            await asyncio.wait_for(self.consumer.commit(offsets), timeout=5.0)
+        except (CommitFailedError, IllegalStateError, KafkaError, asyncio.TimeoutError) as exc:
             # harmless: committed offsets only feed lag monitoring; the persisted clocks decide where to resume
             log.debug("offset commit skipped (%s)", exc)
 

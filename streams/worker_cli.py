@@ -40,6 +40,8 @@ def run(args, settings) -> int:
 
     from streams.app import build_app
 
+    # kafka-python (topic set-up) logs every connection step at INFO: keep its warnings only
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     problem = _prepare(settings)
     if problem:
         print(f"copulse worker: {problem}", file=sys.stderr)

@@ -239,46 +239,54 @@ def settings_factory(kafka_bootstrap, clickhouse_settings, tmp_path):
 
     return make
 
-# --- a throwaway ClickHouse server (own stack dir and ports) that a test may stop and restart ---------
+# --- throwaway servers (own stack dir and ports) that a test may stop and start again ------------------
 STACK = REPO_DIR / "deploy" / "stack.sh"
 
 
-
 @dataclass
-class ThrowawayClickHouse:
+class ThrowawayServer:
+    """One service of a second local stack: ``deploy/stack.sh <service>-up`` / ``<service>-down``."""
+
+    service: str  # kafka | clickhouse
     port: int
     env: dict
 
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def _stack(self, command: str) -> None:
         result = subprocess.run(
-            ["bash", str(STACK), command], env=self.env, cwd=REPO_DIR, capture_output=True, text=True, timeout=240
-        )
-        assert result.returncode == 0, f"deploy/stack.sh {command} failed:\n{result.stdout}\n{result.stderr}"
+            ["bash", str(STACK), f"{self.service}-{command}"], env=self.env, cwd=REPO_DIR, capture_output=True,
+            text=True, timeout=240)
+        assert result.returncode == 0, f"deploy/stack.sh {self.service}-{command} failed:\n{result.stdout}\n{result.stderr}"
 
     def up(self) -> None:
-        self._stack("clickhouse-up")
+        self._stack("up")
 
     def down(self) -> None:
-        self._stack("clickhouse-down")
+        self._stack("down")
 
 
-@pytest.fixture
-def throwaway_clickhouse(tmp_path):
-    if not STACK.exists() or "clickhouse-up" not in STACK.read_text():
-        pytest.fail("deploy/stack.sh with clickhouse-up / clickhouse-down is needed for the outage test")
-    native, http = free_port(), free_port()
-    env = {
-        **os.environ,
-        "COPULSE_STACK_DIR": str(tmp_path / "stack"),
-        "COPULSE_CH_NATIVE_PORT": str(native),
-        "COPULSE_CH_HTTP_PORT": str(http),
-    }
-    server = ThrowawayClickHouse(native, env)
+def _throwaway(service: str, tmp_path: Path, **ports: int):
+    server = ThrowawayServer(service, next(iter(ports.values())),
+                             {**os.environ, "COPULSE_STACK_DIR": str(tmp_path / f"{service}-stack"),
+                              **{k: str(v) for k, v in ports.items()}})
     server.up()
     try:
         yield server
     finally:
         server.down()
+
+
+@pytest.fixture
+def throwaway_clickhouse(tmp_path):
+    yield from _throwaway("clickhouse", tmp_path, COPULSE_CH_NATIVE_PORT=free_port(), COPULSE_CH_HTTP_PORT=free_port())
+
+
+@pytest.fixture
+def throwaway_kafka(tmp_path):
+    yield from _throwaway("kafka", tmp_path, COPULSE_KAFKA_PORT=free_port(), COPULSE_KAFKA_CONTROLLER_PORT=free_port())
 
 
 @dataclass

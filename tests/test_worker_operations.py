@@ -58,6 +58,19 @@ def raw_event_count(client, database: str) -> int:
                for table in ("purchases", "usage_events", "feedback"))
 
 
+def wait_for_progress(client, database: str, timeout: float) -> None:
+    """Wait until the raw tables grow: a worker is past start-up and restore and stores new events."""
+    def count() -> int:
+        try:
+            return raw_event_count(client, database)
+        except Exception:  # noqa: BLE001 - not migrated yet
+            return -1
+
+    before, deadline = count(), time.time() + timeout
+    while count() <= before and time.time() < deadline:
+        time.sleep(0.3)
+
+
 def wait_exact(client, database: str, want: dict, raw_want: int, alive, timeout: float = 240) -> tuple[dict, int, int]:
     """Poll until the final rows equal ``want``, nothing is provisional and every event is stored raw."""
     deadline = time.time() + timeout
@@ -95,8 +108,9 @@ def test_kill_9_while_producing(isolated_worker, kafka_bootstrap, seed):
     worker.start()
     producer = Producer(kafka_bootstrap, iso.settings, random_messages(seed, 4000, consumers=300), rate=120)
     producer.start()
-    for _ in range(3):
-        time.sleep(rng.uniform(6, 11))
+    for _ in range(4):
+        wait_for_progress(iso.client, iso.database, timeout=90)  # the (re)started worker is processing
+        time.sleep(rng.uniform(0.2, 4))
         worker.kill9()
         worker.start()
     sent = producer.finish()
