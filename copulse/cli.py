@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vci score": ("sinks.vci", "score final KPI windows into the vci table (what the worker does every few seconds)"),
     "live": ("copulse.live", "live value co-creation scorecard in the terminal (index, perspectives, KPIs, pipeline)"),
     "report": ("copulse.report", "self-contained HTML report of the value co-creation scorecard over a time range"),
+    "reconcile": ("copulse.reconcile", "audit ClickHouse against the input topics for a time range (--repair fixes it)"),
 }
 
 
