@@ -98,6 +98,14 @@ class Pipeline:
         offset = self.engines[partition].wm.clock(SOURCE_KEY[event_type]).offset
         return offset + 1 if offset >= 0 else None
 
+    def hold_source(self, event_type: str, partition: int, now: float) -> None:
+        """This source partition has a backlog: it is not idle (streams/watermarks.py)."""
+        self.engines[partition].wm.hold(SOURCE_KEY[event_type], now)
+
+    def pause_idle_timers(self, seconds: float) -> None:
+        for engine in self.engines.values():
+            engine.wm.pause(seconds)
+
     # ------------------------------------------------------------------ messages
     async def handle_batch(self, topic: str, partition: int, records: list[Any]) -> None:
         """Handle records of one source partition, in offset order (the caller holds ``lock``)."""

@@ -122,7 +122,28 @@ class SourceConsumer(ConsumerRebalanceListener):
                         if records:
                             await pipeline.handle_batch(tp.topic, tp.partition, records)
                 if pipeline.engines and pipeline.flush_due():
+                    await self._hold_busy_sources()
+                    started = time.monotonic()
                     await pipeline.flush_locked()
+                    blocked = time.monotonic() - started
+                    if blocked > 1.0:  # ClickHouse or Kafka held the flush: idle timers pause meanwhile
+                        pipeline.pause_idle_timers(blocked)
+
+    async def _hold_busy_sources(self) -> None:
+        """Idleness means "read to the end and nothing new", never "not handed anything lately": a source
+        partition with messages still waiting in Kafka (position below the end the last fetch reported, or
+        no fetch answer yet), and every source while Kafka is unreachable, keeps holding the watermark. Else
+        a catch-up that serves partitions one after another would close windows before their events come."""
+        now = time.time()
+        broker_down = self.health is not None and self.health.is_down
+        for tp in self.consumer.assignment():
+            if tp.partition not in self.ready or tp.topic not in self.types:
+                continue
+            end = self.consumer.last_stable_offset(tp)
+            if end is None:
+                end = self.consumer.highwater(tp)
+            if broker_down or end is None or await self.consumer.position(tp) < end:
+                self.pipeline.hold_source(self.types[tp.topic], tp.partition, now)
 
     async def _probe(self) -> None:
         """While Kafka is marked down: one metadata request; an answer means it is back."""

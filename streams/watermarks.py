@@ -9,7 +9,9 @@ offset applied. Its watermark is ``max_ts - allowed_lateness``.
 * A window of partition index p **closes** when the combined watermark passes its end. The combined
   watermark is the minimum over the active source partitions (one that has delivered nothing yet counts
   as active with no watermark); a source partition with no event for ``idle_timeout`` seconds of wall
-  clock is idle and no longer holds it back. When every source is idle the
+  clock *while the worker is consuming and has read it to its end* is idle and no longer holds it back
+  (``hold``: a backlog in Kafka keeps it active; ``pause``: time not spent consuming does not count).
+  When every source is idle the
   combined watermark advances with the wall clock, so quiet streams still close their windows.
   The combined watermark never goes backwards.
 
@@ -64,6 +66,18 @@ class Watermarks:
         clock = self.clock(topic)
         clock.offset = max(clock.offset, offset)
         clock.last_seen = now
+
+    def hold(self, topic: str, now: float) -> None:
+        """This source partition still has messages waiting in Kafka (the consumer has not reached its end):
+        it is not idle, whatever the wall clock says, and keeps holding the watermark."""
+        self.clock(topic).last_seen = now
+
+    def pause(self, seconds: float) -> None:
+        """The worker did not consume for ``seconds`` (a blocked store, the broker away): idle timers stop
+        meanwhile, so nobody's silence is mistaken for idleness."""
+        for clock in self.sources.values():
+            if clock.last_seen is not None:
+                clock.last_seen += seconds
 
     def advance(self, now: float) -> int:
         """Recompute the combined watermark at wall-clock time ``now``; returns it."""

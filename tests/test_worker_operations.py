@@ -177,3 +177,19 @@ def test_restart_without_new_input_closes_windows(isolated_worker, kafka_bootstr
         assert worker.alive(), f"worker died:\n{worker.log_tail()}"
 
     assert_exact(iso.client, iso.database, iso.settings, sent, alive, timeout=120)
+
+
+@pytest.mark.slow
+def test_catch_up_of_a_backlog_closes_no_window_early(isolated_worker, kafka_bootstrap):
+    """A worker started on a large backlog with a short idle timeout: while it works through the partitions
+    one after another, the ones still waiting in Kafka must keep holding the watermark (they are behind, not
+    idle), so no window closes before its events are read."""
+    iso = isolated_worker(**OPERATIONS, COPULSE_IDLE_TIMEOUT_SECONDS="2", COPULSE_SINK_BATCH_ROWS="500")
+    sent = send_events(kafka_bootstrap, iso.settings, random_messages(61, 30000, consumers=600))
+    worker = iso.worker()
+    worker.start()
+
+    def alive() -> None:
+        assert worker.alive(), f"worker died:\n{worker.log_tail()}"
+
+    assert_exact(iso.client, iso.database, iso.settings, sent, alive, timeout=240)
