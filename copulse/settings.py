@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_seconds: float = Field(
         300.0, ge=10, description="a worker that handles no batch this long (e.g. ClickHouse down longer) leaves the group"
     )
+    startup_wait_seconds: float = Field(
+        300.0, ge=0, description="a worker started while ClickHouse or Kafka is unreachable waits this long for them"
+    )
     metrics_port: int = Field(9464, description="Prometheus metrics port of the worker")
     bind_host: str = Field("127.0.0.1", description="address the metrics and Faust web servers listen on")
 

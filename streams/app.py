@@ -5,12 +5,12 @@
     copulse.feedback  ─┘        │ every flush: Pipeline.flush_locked ─> ClickHouse, state changelog, offset commit
                                 └ on assignment: engines restored from <app_id>-state-changelog (streams/state_store.py)
 
-Faust runs the process (signals, graceful shutdown, logging), the leader-only VCI timer and its web server.
+Faust runs the process (signals, graceful shutdown, logging), the VCI timer and its web server.
 The source topics are consumed by copulse's own aiokafka consumer rather than a Faust agent: where a
 partition resumes must follow the persisted engine state exactly (explicit seeks, gaps re-read, the state
 restored and the engines kept across rebalances), which Faust's acknowledgement bookkeeping does not allow,
-and batches skip Faust's per-message delivery. Faust's own consumer group is ``<app_id>-app`` (leader
-election only); the source topics' group is ``<app_id>``.
+and batches skip Faust's per-message delivery. The app subscribes to no topic of its own, so Faust joins
+no consumer group; the source topics' group is ``<app_id>``.
 """
 
 from __future__ import annotations
@@ -77,8 +77,22 @@ class PipelineService(Service):
             pass
 
 
+class CopulseApp(faust.App):
+    """A Faust app that starts the pipeline with the app itself, not after Faust's own rebalance and
+    recovery: after a kill -9 that rebalance waits out the dead member's session, and the source consumer
+    has nothing to wait for there (its own group does its own waiting)."""
+
+    pipeline_service: PipelineService | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.pipeline_service is not None:
+            self.add_dependency(self.pipeline_service)  # stopped (flush, leave the group) with the app
+            await self.pipeline_service.maybe_start()
+
+
 def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.App:
-    app = faust.App(
+    app = CopulseApp(
         f"{settings.app_id}-app",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
@@ -91,14 +105,18 @@ def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.A
         web_bind=settings.bind_host,
     )
     service = PipelineService(settings, sink or ClickHouseSink(settings), loop=app.loop, beacon=app.beacon)
-    app.service(service)
+    app.pipeline_service = service
     app.copulse_pipeline = service.pipeline
 
     vci_job = VciJob(settings)
 
-    @app.timer(interval=settings.vci_interval_seconds, on_leader=True)
+    @app.timer(interval=settings.vci_interval_seconds)
     async def score_vci():
-        """Score new final KPI windows into the vci table and the copulse_vci_* gauges (sinks/vci.py)."""
+        """Score new final KPI windows into the vci table and the copulse_vci_* gauges (sinks/vci.py): on one
+        worker of the group, the one that holds source partition 0 (Faust's own leader election would need a
+        second consumer group, whose rebalance after a kill -9 would hold up the whole worker's start)."""
+        if 0 not in service.source.ready:
+            return
         try:
             await asyncio.to_thread(vci_job.run_safely)  # logs and retries on every problem, never raises
         except Exception:  # noqa: BLE001 - belt and braces: the worker never dies of VCI scoring

@@ -34,6 +34,28 @@ def _prepare(settings) -> str | None:
     return None
 
 
+def _prepare_patiently(settings) -> str | None:
+    """_prepare, retried with backoff for up to COPULSE_STARTUP_WAIT_SECONDS: a worker restarted during a
+    ClickHouse or Kafka outage waits for it (one log line) instead of exiting."""
+    import time
+
+    deadline = time.monotonic() + settings.startup_wait_seconds
+    delay, waiting = 1.0, None
+    while True:
+        problem = _prepare(settings)
+        if problem is None:
+            if waiting is not None:
+                log.info("dependencies back after %.0f s; starting", time.monotonic() - waiting)
+            return None
+        if time.monotonic() + delay > deadline:
+            return problem
+        if waiting is None:
+            waiting = time.monotonic()
+            log.warning("waiting up to %.0f s (COPULSE_STARTUP_WAIT_SECONDS): %s", settings.startup_wait_seconds, problem)
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
 def run(args, settings) -> int:
     import faust
     from prometheus_client import start_http_server
@@ -42,7 +64,7 @@ def run(args, settings) -> int:
 
     # kafka-python (topic set-up) logs every connection step at INFO: keep its warnings only
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    problem = _prepare(settings)
+    problem = _prepare_patiently(settings)
     if problem:
         print(f"copulse worker: {problem}", file=sys.stderr)
         return 1
