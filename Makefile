@@ -8,7 +8,7 @@ COPULSE := $(PYTHON) -m copulse.cli
 export PYTHON
 
 .DEFAULT_GOAL := help
-.PHONY: help provision up down status install test run bench clean-data
+.PHONY: help provision up down status install test run bench soak clean-data
 
 help: ## list the targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON))"
@@ -43,6 +43,9 @@ run: ## THE main job: provision + up, migrate, topics, worker + generator in the
 
 bench: up ## the benchmark suite on the local stack, one table (BENCH_ARGS='--events 1000000 --runs 3'); see benchmarks/README.md
 	$(PYTHON) -m benchmarks $(BENCH_ARGS)
+
+soak: ## not in CI: 1M events, 5% malformed, kill -9s, broker restart, ClickHouse outages, 2nd worker, on a PRIVATE stack (SOAK_ARGS='--quick')
+	$(PYTHON) -m benchmarks.soak $(SOAK_ARGS)
 
 clean-data: ## delete the stack's data and logs under .local/ (keeps the Kafka jar cache); stack must be down
 	$(STACK) clean-data
