@@ -27,7 +27,7 @@ async def consume(args) -> dict:
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=1 << 20)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in args.topics.split(",") for p in sorted(consumer.partitions_for_topic(t) or ())]
+        tps = [TopicPartition(t, p) for t in args.topics.split(",") for p in partitions(args.bootstrap, t)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         n, first, cpu0 = 0, None, 0.0
@@ -45,6 +45,17 @@ async def consume(args) -> dict:
         return {"messages": n, "first": first, "last": time.time(), "cpu": time.process_time() - cpu0}
     finally:
         await consumer.stop()
+
+
+def partitions(bootstrap: str, topic: str) -> list[int]:
+    """Partition ids of a topic (aiokafka >= 0.13 answers None for topics it does not track yet)."""
+    from kafka import KafkaConsumer
+
+    probe = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        return sorted(probe.partitions_for_topic(topic) or ())
+    finally:
+        probe.close()
 
 
 def main() -> None:
