@@ -2,7 +2,7 @@
 
     copulse.purchases ─┐
     copulse.usage     ─┼─> SourceConsumer (streams/source.py) ─> Pipeline.handle_batch ─> engine per partition
-    copulse.feedback  ─┘        │ every flush: Pipeline.flush_locked ─> ClickHouse, state changelog, offset commit
+    copulse.feedback  ─┘        │ every flush: Pipeline.flush ─> ClickHouse, state changelog, offset commit
                                 └ on assignment: engines restored from <app_id>-state-changelog (streams/state_store.py)
 
 Faust runs the process (signals, graceful shutdown, logging), the VCI timer and its web server.
@@ -106,7 +106,6 @@ def build_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.A
     )
     service = PipelineService(settings, sink or ClickHouseSink(settings), loop=app.loop, beacon=app.beacon)
     app.pipeline_service = service
-    app.copulse_pipeline = service.pipeline
 
     vci_job = VciJob(settings)
 

@@ -154,7 +154,7 @@ class PartitionEngine:
         self.tombstones: list[str] = []
         self.last_provisional: float | None = None
         self.closed_unpruned: list[tuple[int, int]] = []  # closed in the last flush, pruned in the next
-        self._clock_written = b""  # source clocks part of the last clock record written (or restored)
+        self._clocks_written: dict = {}  # source clocks of the last clock record written (or restored)
 
     # ------------------------------------------------------------------ per message
     def is_replay(self, event_type: str, offset: int) -> bool:
@@ -319,13 +319,12 @@ class PartitionEngine:
             records.append((self._agg_record_key(key), json.dumps([agg.counters, agg.applied, agg.emitted]).encode()))
         self.dirty_log.clear()
         clocks = {s: [c.offset, c.max_ts] for s, c in self.wm.sources.items()}
-        clock_record = json.dumps({"s": clocks, "wm": self.wm.combined}).encode()
         # The clock record only when it says something new: offsets or event times moved, or a window closed
         # (the combined watermark past its end must be persisted). A watermark that merely advances with the
         # wall clock while every source is idle changes nothing a restart needs, so an idle worker writes nothing.
-        if records or self.closed_unpruned or clock_record[:clock_record.rfind(b'"wm"')] != self._clock_written:
-            records.append((f"k{SEP}{self.partition}", clock_record))
-            self._clock_written = clock_record[:clock_record.rfind(b'"wm"')]
+        if records or self.closed_unpruned or clocks != self._clocks_written:
+            records.append((f"k{SEP}{self.partition}", json.dumps({"s": clocks, "wm": self.wm.combined}).encode()))
+            self._clocks_written = clocks
         return rows, records
 
     def _row(self, key: tuple, agg: Agg, *, final: bool, emitted_at: datetime) -> tuple:
@@ -389,7 +388,7 @@ class PartitionEngine:
                     clock = self.wm.clock(source)
                     clock.offset, clock.max_ts = offset, max_ts
                 self.wm.combined = data["wm"]
-                self._clock_written = value[:value.rfind(b'"wm"')]
+                self._clocks_written = {s: [c.offset, c.max_ts] for s, c in self.wm.sources.items()}
             elif parts[0] == "w":
                 g, ws, name, values = int(parts[2]), int(parts[3]), parts[4], tuple(parts[5:])
                 counters, applied, emitted = data

@@ -28,7 +28,6 @@ from streams.engine import WINDOW_CLOSED as CLOSED
 from streams.kpi_metrics import KpiExporter
 from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
 from streams.broker_health import BrokerHealth
-from streams.state_store import gather_acks
 from streams.validation import decode_event
 
 log = logging.getLogger(__name__)
@@ -188,11 +187,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ flush
     async def flush(self) -> None:
-        async with self.lock:
-            await self.flush_locked()
-
-    async def flush_locked(self) -> None:
-        """Store rows, raw events and rejects in ClickHouse (blocking with retries: the backpressure), wait for
+        """The caller holds ``lock``. Store rows, raw events and rejects in ClickHouse (blocking with retries: the backpressure), wait for
         the dead letters' acknowledgements, persist the engines' changelog records (clock records last) and
         wait for theirs, then commit the source offsets the clocks cover. A crash anywhere in between is
         safe: the restored clocks say what is done, and everything after them is handled again."""
@@ -236,7 +231,7 @@ class Pipeline:
         acks: list[asyncio.Future] = []
         for p, recs in records:
             acks += await self._persist(p, recs)
-        await gather_acks(acks)
+        await asyncio.gather(*acks)
 
     async def _until_done(self, step: Callable[[Any], Awaitable[None]], arg: Any) -> None:
         """Run a Kafka step until it succeeds: the broker being away is a dependency outage (retry with

@@ -53,8 +53,8 @@ class SourceConsumer(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer | None = None
         self.ready: set[int] = set()  # partition indices restored, sought and resumed
         self.generation = 0  # +1 per assignment: a restore of an older assignment does not resume
-        self.parked: dict[int, PartitionEngine] = {}  # engines of revoked partitions, with their changelog end
-        self._parked_ends: dict[int, int | None] = {}
+        # engines of revoked partitions and the changelog end offset they match (None: unknown)
+        self.parked: dict[int, tuple[PartitionEngine, int | None]] = {}
         self._expected: dict[TopicPartition, int | None] = {}  # next offset each source partition must deliver
         self._gap_probe: dict[TopicPartition, int] = {}  # first offset seen past a gap, re-read pending
         self._restoring: asyncio.Task | None = None
@@ -90,8 +90,7 @@ class SourceConsumer(ConsumerRebalanceListener):
             return
         try:
             async with self.pipeline.lock:
-                if self.pipeline.engines:
-                    await self.pipeline.flush_locked()
+                await self._flush(consuming=False)
         finally:
             await self.consumer.stop()
             log.info("source consumer stopped, partitions handed back to the group")
@@ -121,29 +120,37 @@ class SourceConsumer(ConsumerRebalanceListener):
                         records = self._in_sequence(tp, records)
                         if records:
                             await pipeline.handle_batch(tp.topic, tp.partition, records)
-                if pipeline.engines and pipeline.flush_due():
-                    await self._hold_busy_sources()
-                    started = time.monotonic()
-                    await pipeline.flush_locked()
-                    blocked = time.monotonic() - started
-                    if blocked > 1.0:  # ClickHouse or Kafka held the flush: idle timers pause meanwhile
-                        pipeline.pause_idle_timers(blocked)
+                if pipeline.flush_due():
+                    await self._flush(consuming=True)
 
-    async def _hold_busy_sources(self) -> None:
-        """Idleness means "read to the end and nothing new", never "not handed anything lately": a source
-        partition with messages still waiting in Kafka (position below the end the last fetch reported, or
-        no fetch answer yet), and every source while Kafka is unreachable, keeps holding the watermark. Else
-        a catch-up that serves partitions one after another would close windows before their events come."""
+    async def _flush(self, *, consuming: bool) -> None:
+        """The pipeline's flush (the caller holds its lock), with idleness decided first: idle means "read to
+        the end and nothing new", never "not handed anything lately". While consuming, a source partition with
+        messages still waiting in Kafka (position below the end the last fetch reported, or no fetch answer
+        yet), and every source while Kafka is unreachable, keeps holding the watermark; at a revoke or a stop
+        (not consuming) every source does. Else a catch-up that serves partitions one after another, or a
+        rebalance, would close windows before their events come. Time the flush is held up by ClickHouse or
+        Kafka pauses the idle timers."""
+        if not self.pipeline.engines:
+            return
         now = time.time()
-        broker_down = self.health is not None and self.health.is_down
-        for tp in self.consumer.assignment():
-            if tp.partition not in self.ready or tp.topic not in self.types:
-                continue
-            end = self.consumer.last_stable_offset(tp)
-            if end is None:
-                end = self.consumer.highwater(tp)
-            if broker_down or end is None or await self.consumer.position(tp) < end:
-                self.pipeline.hold_source(self.types[tp.topic], tp.partition, now)
+        hold_all = not consuming or (self.health is not None and self.health.is_down)
+        for partition in self.pipeline.engines:
+            for topic, event_type in self.types.items():
+                tp = TopicPartition(topic, partition)
+                if hold_all or partition not in self.ready:
+                    self.pipeline.hold_source(event_type, partition, now)
+                    continue
+                end = self.consumer.last_stable_offset(tp)
+                if end is None:
+                    end = self.consumer.highwater(tp)
+                if end is None or await self.consumer.position(tp) < end:
+                    self.pipeline.hold_source(event_type, partition, now)
+        started = time.monotonic()
+        await self.pipeline.flush()
+        blocked = time.monotonic() - started
+        if blocked > 1.0:
+            self.pipeline.pause_idle_timers(blocked)
 
     async def _probe(self) -> None:
         """While Kafka is marked down: one metadata request; an answer means it is back."""
@@ -203,12 +210,10 @@ class SourceConsumer(ConsumerRebalanceListener):
         async with self.pipeline.lock:
             self.generation += 1
             self.ready -= partitions
-            if self.pipeline.engines and not self._stopping:
-                await self.pipeline.flush_locked()
-            released = self.pipeline.release(partitions)
-            for p, engine in released.items():
-                self.parked[p] = engine
-                self._parked_ends[p] = self.state.last_end(p)
+            if not self._stopping:
+                await self._flush(consuming=False)
+            for p, engine in self.pipeline.release(partitions).items():
+                self.parked[p] = (engine, self.state.last_end(p))
         if partitions:
             log.info("partitions %s revoked: flushed and persisted", sorted(partitions))
 
@@ -226,8 +231,7 @@ class SourceConsumer(ConsumerRebalanceListener):
         try:
             kept = restored = 0
             for p in partitions:
-                engine = self.parked.pop(p, None)
-                end_then = self._parked_ends.pop(p, None)
+                engine, end_then = self.parked.pop(p, (None, None))
                 if engine is not None and end_then is not None and await self.state.end_offset(p) == end_then:
                     async with self.pipeline.lock:
                         self.pipeline.adopt(p, engine)
@@ -238,7 +242,6 @@ class SourceConsumer(ConsumerRebalanceListener):
                         self.pipeline.restore(p, records)
                     restored += 1
             self.parked.clear()
-            self._parked_ends.clear()
             async with self.pipeline.lock:
                 if generation != self.generation:
                     return

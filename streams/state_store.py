@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class ChangelogStore:
 
     async def write(self, partition: int, records: list[tuple[str, bytes | None]]) -> list[asyncio.Future]:
         """Queue the records in order (one send after the other, so Kafka keeps their order); returns the
-        futures of their acknowledgements: await them all (``gather_acks``) before relying on them."""
+        futures of their acknowledgements: await them all before relying on them."""
         futures = []
         for key, value in records:
             futures.append(await self.producer.send(self.topic, key=key.encode(), value=value, partition=partition))
@@ -100,7 +101,3 @@ class ChangelogStore:
                   partition, count, len(records), time.monotonic() - started)
         return records
 
-
-async def gather_acks(futures: list[asyncio.Future]) -> None:
-    if futures:
-        await asyncio.gather(*futures)
