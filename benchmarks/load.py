@@ -81,21 +81,26 @@ def marker_records(at_ms: int, p: int, channel: str, currency: str = "EUR") -> d
     }
 
 
-def send_end_markers(settings, at_ms: int, partitions: int) -> int:
+def send_partitioned(bootstrap: str, settings, records: list[tuple[int, str, dict]]) -> int:
+    """Encode and send (partition, event type, record) to the input topics, keyed by consumer, into the
+    given partition; returns once all are acknowledged (the number sent)."""
     from kafka import KafkaProducer
 
     from streams.codec import encode
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    futures = []
-    from streams.validation import CHANNELS
-
-    for p in range(partitions):
-        for event_type, record in (kv for ch in sorted(CHANNELS) for kv in marker_records(at_ms, p, ch, settings.currency).items()):
-            futures.append(producer.send(settings.source_topics[event_type], key=record["consumer_id"].encode(),
-                                         value=encode(event_type, record), partition=p))
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    futures = [producer.send(settings.source_topics[event_type], key=record["consumer_id"].encode(),
+                             value=encode(event_type, record), partition=p) for p, event_type, record in records]
     producer.flush()
     for f in futures:
         f.get(timeout=30)
     producer.close()
     return len(futures)
+
+
+def send_end_markers(settings, at_ms: int, partitions: int) -> int:
+    from streams.validation import CHANNELS
+
+    return send_partitioned(settings.kafka_bootstrap_servers, settings, [
+        (p, event_type, record) for p in range(partitions) for ch in sorted(CHANNELS)
+        for event_type, record in marker_records(at_ms, p, ch, settings.currency).items()])

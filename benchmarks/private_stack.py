@@ -110,12 +110,18 @@ def from_args(args) -> PrivateStack:
                         args.ch_http_port, args.prometheus_port)
 
 
-def clean_up(app_id: str, tmp: Path, keep: bool, succeeded: bool, progress) -> None:
-    """Delete a run's topics and database and, after a successful run, its temporary directory."""
+def finish(stack: PrivateStack, args, app_id: str, tmp: Path, succeeded: bool, progress) -> None:
+    """End of a run: unless --keep, delete its topics and database (and, after a success, its temporary
+    directory); unless --keep-stack, stop the services this run started."""
+    if not args.keep:
+        _clean_up(app_id, tmp, succeeded, progress)
+    if not args.keep_stack:
+        stack.down_started()
+
+
+def _clean_up(app_id: str, tmp: Path, succeeded: bool, progress) -> None:
     import shutil
 
-    if keep:
-        return
     common.delete_topics(lambda name: name.startswith(app_id))
     try:
         common.drop_database(app_id)

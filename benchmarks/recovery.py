@@ -121,24 +121,12 @@ def changelog_size(stack: private_stack.PrivateStack, consumer, topic: str) -> t
 
 def send_probes(bootstrap: str, settings, tag: int) -> int:
     """One valid event per input partition (event time = now), explicitly partitioned."""
-    from kafka import KafkaProducer
+    from benchmarks.load import marker_records, send_partitioned
 
-    from benchmarks.load import marker_records
-    from streams.codec import encode
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     at_ms = int(time.time() * 1000)
-    futures = []
-    for p in range(PARTITIONS):
-        for event_type, record in marker_records(at_ms, p, "web", settings.currency).items():
-            record = dict(record, consumer_id=f"recovery-probe-{p}", event_id=f"{record['event_id']}-{tag}")
-            futures.append(producer.send(settings.source_topics[event_type], key=record["consumer_id"].encode(),
-                                         value=encode(event_type, record), partition=p))
-    producer.flush()
-    for f in futures:
-        f.get(timeout=30)
-    producer.close()
-    return len(futures)
+    return send_partitioned(bootstrap, settings, [
+        (p, event_type, dict(record, consumer_id=f"recovery-probe-{p}", event_id=f"{record['event_id']}-{tag}"))
+        for p in range(PARTITIONS) for event_type, record in marker_records(at_ms, p, "web", settings.currency).items()])
 
 
 JOINING = re.compile(r"\(Re-\)joining group (\S+)\s*$")
@@ -366,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             consumer.close()
         if admin is not None:
             admin.close()
-        private_stack.clean_up(app_id, tmp, args.keep, rc == 0, progress)
-        if not args.keep_stack:
-            stack.down_started()
+        private_stack.finish(stack, args, app_id, tmp, rc == 0, progress)
     return rc
 
 

@@ -448,9 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             ch.disconnect()
         # a ClickHouse or Kafka left down by an interrupted run comes back up (this is the private stack)
         stack.stack("up", "kafka", "clickhouse", check=False)
-        private_stack.clean_up(app_id, tmp, args.keep, rc == 0, progress)
-        if not args.keep_stack:
-            stack.down_started()
+        private_stack.finish(stack, args, app_id, tmp, rc == 0, progress)
     return rc
 
 
