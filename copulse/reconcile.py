@@ -42,8 +42,9 @@ from streams.engine import DUPLICATE, FOLDED, LATE, WINDOW_CLOSED, PartitionEngi
 from streams.errors import FUTURE_EVENT_TIME
 from streams.errors import WINDOW_CLOSED as WINDOW_CLOSED_REASON
 from streams.errors import DeadLetter, RetryableError
+from streams.batch import RawEvent
 from streams.events import EVENT_TYPES, Event
-from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
+from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow, epoch_seconds
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE = 0, 1, 2
 MIN_EXTRA_MARGIN_SECONDS = 600
@@ -52,7 +53,6 @@ MAX_SHOWN = 50  # difference lines printed
 KAFKA_STALL_SECONDS = 30.0
 
 _C0 = len(KEY_COLUMNS)
-_VERSION, _FINAL, _EMITTED = (ROW_COLUMNS.index(c) for c in ("version", "is_final", "emitted_at"))
 TOPIC_VARS = {"purchase": "COPULSE_TOPIC_PURCHASES", "usage": "COPULSE_TOPIC_USAGE", "feedback": "COPULSE_TOPIC_FEEDBACK"}
 MATCH, DIFFERS, MISSING, EXTRA, NOT_FINAL = "match", "differs", "missing", "extra", "not final"
 
@@ -85,10 +85,6 @@ def gran_text(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 class Progress:
@@ -141,8 +137,8 @@ class Recomputed:
 class Entry:
     key: tuple
     status: str
-    expected: tuple | None = None
-    stored: tuple | None = None
+    expected: KpiRow | None = None
+    stored: KpiRow | None = None
     counters: list[tuple[str, int, int]] = field(default_factory=list)
 
 
@@ -311,34 +307,34 @@ def recompute(settings, read: KafkaRead, messages: dict[tuple[str, int], list[Me
     return out
 
 
-def _collect(out: Recomputed, rows: list[tuple]) -> None:
+def _collect(out: Recomputed, rows: list[KpiRow]) -> None:
     for row in rows:
-        if row[_FINAL]:
+        if row.is_final:
             out.finals[row[:_C0]] = row
 
 
 # ---------------------------------------------------------------------------------------- 3. compare
-def stored_rows(client, database: str, granularities: list[int], since_s: int, until_s: int) -> dict[tuple, tuple]:
+def stored_rows(client, database: str, granularities: list[int], since_s: int, until_s: int) -> dict[tuple, KpiRow]:
     """Newest version of every KPI partial of the windows fully inside the range (what ReplacingMergeTree keeps)."""
     cols = ", ".join(f"`{c}`" for c in ROW_COLUMNS)
     rows = client.execute(
         f"SELECT {cols} FROM `{database}`.kpi_windows WHERE granularity_seconds IN %(g)s "
         "AND window_start >= toDateTime(%(since)s) AND window_end <= toDateTime(%(until)s)",
         {"g": tuple(granularities), "since": since_s, "until": until_s})
-    newest: dict[tuple, tuple] = {}
-    for row in rows:
-        row = tuple(naive_utc(v) if isinstance(v, datetime) else v for v in row)
+    newest: dict[tuple, KpiRow] = {}
+    for values in rows:
+        row = KpiRow._make(epoch_seconds(v) if isinstance(v, datetime) else v for v in values)
         key = row[:_C0]
-        if key not in newest or row[_VERSION] >= newest[key][_VERSION]:
+        if key not in newest or row.version >= newest[key].version:
             newest[key] = row
     return newest
 
 
-def compare(expected: dict[tuple, tuple], stored: dict[tuple, tuple], complete_until: dict[int, int]) -> list[Entry]:
+def compare(expected: dict[tuple, KpiRow], stored: dict[tuple, KpiRow], complete_until: dict[int, int]) -> list[Entry]:
     entries = []
     for key in sorted(set(expected) | set(stored), key=lambda k: (k[0], k[1], k[2], k[3:])):
         exp, got = expected.get(key), stored.get(key)
-        if got is not None and got[_FINAL]:
+        if got is not None and got.is_final:
             if exp is None:
                 entries.append(Entry(key, EXTRA, None, got))
                 continue
@@ -354,7 +350,7 @@ def compare(expected: dict[tuple, tuple], stored: dict[tuple, tuple], complete_u
 def _complete(key: tuple, complete_until: dict[int, int]) -> bool:
     """True when the topics hold data past the window's end in its partition: the window is closed by the data."""
     g, start, partition = key[0], key[1], key[KEY_COLUMNS.index("partition")]
-    end_ms = int(start.replace(tzinfo=UTC).timestamp() * 1000) + g * 1000
+    end_ms = (start + g) * 1000
     return end_ms <= complete_until.get(partition, -(2**62))
 
 
@@ -397,10 +393,10 @@ def print_report(entries: list[Entry], missing_raw: dict[str, list], raw_expecte
             if e.status == DIFFERS:
                 what = ", ".join(f"{c} {a} / {b}" for c, a, b in e.counters)
             elif e.status == MISSING:
-                what = f"no row in ClickHouse (events {e.expected[_C0]})"
+                what = f"no row in ClickHouse (events {e.expected.events})"
             else:
-                what = f"no events in Kafka (stored events {e.stored[_C0]}, version {e.stored[_VERSION]})"
-            rows.append((iso(e.key[1]), gran_text(e.key[0]), e.key[2], _values_text(e.key),
+                what = f"no events in Kafka (stored events {e.stored.events}, version {e.stored.version})"
+            rows.append((iso(e.key[1] * 1000), gran_text(e.key[0]), e.key[2], _values_text(e.key),
                          str(e.key[KEY_COLUMNS.index("partition")]), e.status, what))
         _print_table(rows, out)
         if len(shown) > MAX_SHOWN:
@@ -421,18 +417,16 @@ def _print_table(rows: list[tuple], out) -> None:
 # -------------------------------------------------------------------------------------------- repair
 def repair(settings, entries: list[Entry], missing_raw: dict[str, list], out=sys.stdout) -> int:
     """Write corrected final rows and missing raw events; returns how many differences are left."""
-    from sinks.clickhouse import ClickHouseSink, SinkBatch
+    from sinks.clickhouse import ClickHouseSink
 
-    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    now = int(time.time())
     rows = []
     for e in entries:
         if e.status in (DIFFERS, MISSING):
-            row = list(e.expected)
-            row[_VERSION] = e.stored[_VERSION] + 1 if e.stored is not None else row[_VERSION]
-            row[_FINAL], row[_EMITTED] = 1, now
-            rows.append(tuple(row))
-    events = [x for table in missing_raw.values() for x in table]
-    batch = SinkBatch(kpi_rows=rows, events=[x[0] for x in events], event_positions=[(x[1], x[2]) for x in events])
+            version = e.stored.version + 1 if e.stored is not None else e.expected.version
+            rows.append(e.expected._replace(version=version, is_final=1, emitted_at=now))
+    events = [RawEvent(*x) for table in missing_raw.values() for x in table]
+    batch = SinkBatch(kpi_rows=rows, events=events)
     if len(batch):
         with ClickHouseSink(settings) as sink:
             sink.store(batch)
@@ -522,8 +516,7 @@ def _run(args, settings) -> int:
         progress(f"recomputing {n_read} records in {len(read.partitions)} partition engines")
         result = recompute(settings, read, messages, excluded, first, (since_ms, until_ms), progress)
         expected = {k: r for k, r in result.finals.items()
-                    if k[0] in grans and since_ms <= int(k[1].replace(tzinfo=UTC).timestamp() * 1000)
-                    and int(k[1].replace(tzinfo=UTC).timestamp() * 1000) + k[0] * 1000 <= until_ms}
+                    if k[0] in grans and since_ms <= k[1] * 1000 and (k[1] + k[0]) * 1000 <= until_ms}
         progress("comparing with ClickHouse")
         stored = stored_rows(client, database, grans, since_ms // 1000, until_ms // 1000)
         entries = compare(expected, stored, result.complete_until)

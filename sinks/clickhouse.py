@@ -14,8 +14,7 @@ pauses consumption instead of dropping or buffering rows without bound (backpres
 * Storing the same batch twice is harmless: all tables are ReplacingMergeTree keyed so that replays collapse,
   and the views read through argMax/GROUP BY, so the views never show duplicates, merged or not.
 
-KPI rows are tuples in ``streams.kpis.ROW_COLUMNS`` order: counters ``int`` (``revenue_minor`` may be
-negative), DateTime columns as aware datetimes (any zone), naive datetimes meaning UTC, or epoch seconds.
+The batch type is the worker's (streams/batch.py); this module implements its ``Sink.store``.
 """
 
 from __future__ import annotations
@@ -27,25 +26,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 from prometheus_client import Counter, Gauge, Histogram
 
-from sinks.rows import (
-    EVENT_COLUMNS,
-    EVENT_TABLES,
-    KPI_COLUMNS,
-    REJECT_COLUMNS,
-    Reject,
-    event_row,
-    kpi_row,
-    reject_row,
-)
-from streams.events import Event
+from sinks.rows import EVENT_COLUMNS, EVENT_TABLES, KPI_COLUMNS, REJECT_COLUMNS, event_row, reject_row
+from streams.batch import SinkBatch
 
-__all__ = ["ClickHouseSink", "SinkBatch", "SinkFatalError", "Reject", "is_transient"]
+__all__ = ["ClickHouseSink", "SinkFatalError", "is_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -138,26 +127,6 @@ class SinkFatalError(RuntimeError):
     """ClickHouse refused the data for a reason waiting will not fix; the message says what to do."""
 
 
-@dataclass(slots=True)
-class SinkBatch:
-    """Everything one ``store()`` call writes.
-
-    kpi_rows: KPI partial rows in ``streams.kpis.ROW_COLUMNS`` order (see module doc for value types).
-    events: decoded valid events; each goes to the raw table of its type.
-    event_positions: (source partition, source offset) of each event, same order as ``events``; may be left
-        empty when unknown (then stored as 0, 0).
-    rejects: dead-lettered and late messages.
-    """
-
-    kpi_rows: list[tuple] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    event_positions: list[tuple[int, int]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.kpi_rows) + len(self.events) + len(self.rejects)
-
-
 class ClickHouseSink:
     """Blocking, retrying, idempotent writer of SinkBatches. Thread-safe (calls are serialised)."""
 
@@ -247,25 +216,23 @@ class ClickHouseSink:
         inserts: list[tuple[str, tuple[str, ...], list[tuple]]] = []
         try:
             if batch.events:
-                if batch.event_positions and len(batch.event_positions) != len(batch.events):
-                    raise ValueError(
-                        f"event_positions has {len(batch.event_positions)} entries for {len(batch.events)} events"
-                    )
-                positions = batch.event_positions or [(0, 0)] * len(batch.events)
                 now = int(time.time())
                 by_table: dict[str, list[tuple]] = {}
-                for event, (partition, offset) in zip(batch.events, positions, strict=True):
-                    table = EVENT_TABLES.get(event.type)
+                for raw in batch.events:
+                    table = EVENT_TABLES.get(raw.event.type)
                     if table is None:
-                        raise ValueError(f"event {event.event_id} has unknown type {event.type!r}")
-                    by_table.setdefault(table, []).append(event_row(event, partition, offset, now))
+                        raise ValueError(f"event {raw.event.event_id} has unknown type {raw.event.type!r}")
+                    by_table.setdefault(table, []).append(event_row(raw, now))
                 for table in EVENT_TABLES.values():
                     if table in by_table:
                         inserts.append((table, EVENT_COLUMNS[table], by_table[table]))
             if batch.rejects:
                 inserts.append((REJECT_TABLE, REJECT_COLUMNS, [reject_row(r) for r in batch.rejects]))
             if batch.kpi_rows:
-                inserts.append((KPI_TABLE, KPI_COLUMNS, [kpi_row(r) for r in batch.kpi_rows]))
+                for row in batch.kpi_rows:
+                    if len(row) != len(KPI_COLUMNS):
+                        raise ValueError(f"KPI row has {len(row)} values, kpi_windows has {len(KPI_COLUMNS)} columns")
+                inserts.append((KPI_TABLE, KPI_COLUMNS, batch.kpi_rows))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             ERRORS.labels(kind="fatal").inc()
             raise SinkFatalError(f"malformed sink batch: {exc}; this is a bug in the caller, not in ClickHouse") from exc

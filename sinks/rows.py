@@ -1,4 +1,4 @@
-"""Python values -> ClickHouse rows: decoded events, rejects and KPI partial rows.
+"""The worker's items -> ClickHouse rows: raw events and rejects (a KpiRow already is one).
 
 Every function returns a tuple in the column order of its ``*_COLUMNS`` constant, which is the column list
 of the INSERT (and matches the migrations in schemas/clickhouse, checked by tests/test_migrations.py).
@@ -7,14 +7,10 @@ DateTime columns are sent as integer epoch seconds (UTC), so no time zone is eve
 
 from __future__ import annotations
 
-import calendar
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 
-from streams.events import Event
-from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
+from streams.batch import RawEvent, Reject
+from streams.kpis import ROW_COLUMNS
 
 #: event type -> raw table
 EVENT_TABLES: dict[str, str] = {"purchase": "purchases", "usage": "usage_events", "feedback": "feedback"}
@@ -56,10 +52,7 @@ REJECT_COLUMNS: tuple[str, ...] = (
     "rejected_ms",
 )
 
-KPI_COLUMNS: tuple[str, ...] = ROW_COLUMNS
-_KPI_DATETIME_INDEXES = tuple(i for i, c in enumerate(ROW_COLUMNS) if c in ("window_start", "window_end", "emitted_at"))
-
-_DIMENSIONS = tuple(c for c in KEY_COLUMNS if c not in ("granularity_seconds", "window_start", "slice", "partition"))
+KPI_COLUMNS: tuple[str, ...] = ROW_COLUMNS  # a KpiRow (streams/kpis.py) is inserted as it is
 
 #: Reject kinds
 REJECT_KINDS = ("dlq", "late")
@@ -67,63 +60,9 @@ REJECT_KINDS = ("dlq", "late")
 _CENT = Decimal("0.01")
 
 
-@dataclass(slots=True)
-class Reject:
-    """One dead-lettered ('dlq') or late ('late') message, identified by where it was read from."""
-
-    kind: str  # 'dlq' | 'late'
-    reason: str  # short machine-readable reason, e.g. 'schema_unknown', 'currency', 'late'
-    topic: str  # source topic of the rejected message
-    partition: int
-    offset: int
-    key: bytes | None  # Kafka message key (None if the message had none)
-    value_size: int  # bytes of the message value (0 if none)
-    rejected_ms: int  # epoch ms UTC; use the message timestamp where possible so replays are identical
-
-
-def epoch_seconds(value: datetime | int | float) -> int:
-    """A DateTime value for ClickHouse: aware datetimes in any zone, naive datetimes taken as UTC, or
-    epoch seconds (int/float, floored)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            return calendar.timegm(value.timetuple())
-        return calendar.timegm(value.utctimetuple())
-    if isinstance(value, bool):
-        raise TypeError(f"not a timestamp: {value!r}")
-    if isinstance(value, (int, float)):
-        return int(value // 1)
-    raise TypeError(f"not a timestamp: {value!r} ({type(value).__name__})")
-
-
-def kpi_row(row: tuple) -> tuple:
-    """A KPI partial in ROW_COLUMNS order with its DateTime values normalised to epoch seconds."""
-    if len(row) != len(KPI_COLUMNS):
-        raise ValueError(f"KPI row has {len(row)} values, ROW_COLUMNS has {len(KPI_COLUMNS)}")
-    values = list(row)
-    for i in _KPI_DATETIME_INDEXES:
-        values[i] = epoch_seconds(values[i])
-    return tuple(values)
-
-
-def kpi_row_from_dict(values: Mapping) -> tuple:
-    """A ROW_COLUMNS tuple from a mapping: dimensions default to '', counters to 0, is_final to 0 and
-    emitted_at to window_end. granularity_seconds, window_start, window_end, slice, partition and version are
-    required. Unknown names raise (catches typos)."""
-    unknown = set(values) - set(KPI_COLUMNS)
-    if unknown:
-        raise ValueError(f"not KPI columns: {sorted(unknown)}")
-    missing = {"granularity_seconds", "window_start", "window_end", "slice", "partition", "version"} - set(values)
-    if missing:
-        raise ValueError(f"KPI row needs {sorted(missing)}")
-    defaults: dict = {c: "" for c in _DIMENSIONS}
-    defaults.update({c: 0 for c in COUNTERS})
-    defaults.update(is_final=0, emitted_at=values["window_end"])
-    defaults.update(values)
-    return tuple(defaults[c] for c in KPI_COLUMNS)
-
-
-def event_row(event: Event, partition: int, offset: int, ingested_at: int) -> tuple:
+def event_row(raw: RawEvent, ingested_at: int) -> tuple:
     """The raw-table row of a decoded event (columns EVENT_COLUMNS[EVENT_TABLES[event.type]])."""
+    event = raw.event
     record = event.record
     specific = []
     for name in EVENT_FIELDS[event.type]:
@@ -146,8 +85,8 @@ def event_row(event: Event, partition: int, offset: int, ingested_at: int) -> tu
         *specific,
         int(record.get("schema_version") or 1),
         event.schema_id,
-        partition,
-        offset,
+        raw.partition,
+        raw.offset,
         ingested_at,
     )
 

@@ -24,12 +24,11 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Iterable
 
-from copulse.settings import Settings, slice_dimensions
+from copulse.settings import DIMENSIONS, Settings, slice_dimensions
 from streams.events import EVENT_TYPES, Event
-from streams.kpis import COUNTERS
+from streams.kpis import COUNTERS, KpiRow
 from streams.watermarks import NEG_INF, Watermarks
 
 SEP = "\x1f"
@@ -269,7 +268,7 @@ class PartitionEngine:
         return FOLDED
 
     # ------------------------------------------------------------------ flush
-    def flush(self, now: float, *, force_provisional: bool = False) -> tuple[list[tuple], list[tuple[str, bytes | None]]]:
+    def flush(self, now: float, *, force_provisional: bool = False) -> tuple[list[KpiRow], list[tuple[str, bytes | None]]]:
         """Emit KPI rows (finals of closed windows, provisional rows when due) and the changelog records
         that persist the state, the source clocks last. ``now`` is the wall clock (epoch seconds): it only
         drives idle watermarks, the provisional cadence and ``emitted_at``. Returns (rows, records)."""
@@ -280,8 +279,8 @@ class PartitionEngine:
             self._prune_window(wkey)
         self.closed_unpruned = []
         combined = self.wm.advance(now)
-        rows: list[tuple] = []
-        emitted_at = datetime.fromtimestamp(int(now), UTC).replace(tzinfo=None)
+        rows: list[KpiRow] = []
+        emitted_at = int(now)
         for wkey in sorted(self.windows, key=lambda w: w[1] + w[0]):
             g, ws = wkey
             if ws + g > combined:
@@ -327,21 +326,17 @@ class PartitionEngine:
             self._clocks_written = clocks
         return rows, records
 
-    def _row(self, key: tuple, agg: Agg, *, final: bool, emitted_at: datetime) -> tuple:
+    def _row(self, key: tuple, agg: Agg, *, final: bool, emitted_at: int) -> KpiRow:
         g, ws, name, values = key
         counters = list(agg.counters)
         counters[RETURNING] = self._returning(key)
         version = 2 * counters[0] + int(final)
         agg.emitted = version
         dims = dict(zip(slice_dimensions(name), values))
-        start = datetime.fromtimestamp(ws / 1000, UTC).replace(tzinfo=None)
-        end = datetime.fromtimestamp((ws + g) / 1000, UTC).replace(tzinfo=None)
-        return (
-            g // 1000, start, name,
-            dims.get("channel", ""), dims.get("region", ""), dims.get("category", ""), dims.get("segment", ""),
-            dims.get("product_id", ""), dims.get("feature", ""), self.partition,
+        return KpiRow(
+            g // 1000, ws // 1000, name, *(dims.get(d, "") for d in DIMENSIONS), self.partition,
             *counters,
-            end, version, int(final), emitted_at,
+            (ws + g) // 1000, version, int(final), emitted_at,
         )
 
     def _returning(self, key: tuple) -> int:

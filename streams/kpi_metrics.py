@@ -1,7 +1,6 @@
 """KPI gauges for Prometheus: the latest *final* window of every exported slice, per worker.
 
-The worker calls ``KpiExporter.observe(rows)`` with every batch of KPI rows it emits (``streams.kpis.ROW_COLUMNS``
-order). Only final rows (``is_final = 1``) of the slices in ``settings.metric_slices`` count. Per label set
+The worker calls ``KpiExporter.observe(rows)`` with every batch of ``KpiRow`` it emits (streams/kpis.py). Only final rows (``is_final = 1``) of the slices in ``settings.metric_slices`` count. Per label set
 (granularity, slice, dimension values) the exporter keeps the newest final window and the partial of every
 source partition of that window; a gauge is the sum over those partials.
 
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from prometheus_client.core import (
     REGISTRY,
@@ -38,7 +36,7 @@ from prometheus_client.core import (
 )
 
 from copulse.settings import DIMENSIONS, slice_dimensions
-from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
+from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow
 
 __all__ = ["METRIC_NAMES", "KpiExporter", "metric_name"]
 
@@ -84,19 +82,10 @@ def metric_name(counter: str) -> str:
     return "copulse_kpi_" + METRIC_NAMES[counter][0]
 
 
-def _epoch(value) -> float:
-    """DateTime column value (aware datetime, naive datetime = UTC, or epoch seconds) -> epoch seconds."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.timestamp()
-    return float(value)
-
-
 @dataclass(slots=True)
 class _Series:
-    window_start: float
-    window_end: float
+    window_start: int  # epoch seconds
+    window_end: int
     partials: dict[int, tuple[int, ...]] = field(default_factory=dict)  # partition -> counters
 
 
@@ -131,36 +120,34 @@ class KpiExporter:
             _BY_REGISTRY[id(self.registry)] = (self.registry, self)
 
     # ------------------------------------------------------------------ input
-    def observe(self, rows: list[tuple]) -> None:
+    def observe(self, rows: list[KpiRow]) -> None:
         """Take the KPI rows of one flush (any mix of final/provisional rows, slices and partitions)."""
         wanted = self.slices
-        final_i, slice_i, g_i = _IDX["is_final"], _IDX["slice"], _IDX["granularity_seconds"]
-        start_i, end_i, part_i = _IDX["window_start"], _IDX["window_end"], _IDX["partition"]
         with self._lock:
             touched: set[int] = set()
             for row in rows:
-                if not row[final_i]:
+                if not row.is_final:
                     continue
-                name = row[slice_i]
+                name = row.slice
                 if name not in wanted:
                     continue
-                g = int(row[g_i])
+                g = row.granularity_seconds
                 key = (str(g), name, *(str(row[i]) for i in self._dim_idx))
-                start = _epoch(row[start_i])
-                counters = tuple(int(v) for v in row[_FIRST_COUNTER : _FIRST_COUNTER + len(COUNTERS)])
+                start = row.window_start
+                counters = row[_FIRST_COUNTER : _FIRST_COUNTER + len(COUNTERS)]
                 series = self._series.get(key)
                 if series is None:
                     if self._per_slice[name] >= self.max_series_per_slice:
                         self._dropped[name] += 1
                         continue
-                    series = self._series[key] = _Series(start, _epoch(row[end_i]))
+                    series = self._series[key] = _Series(start, row.window_end)
                     self._per_slice[name] += 1
                 elif start > series.window_start:
-                    series.window_start, series.window_end = start, _epoch(row[end_i])
+                    series.window_start, series.window_end = start, row.window_end
                     series.partials.clear()
                 elif start < series.window_start:
                     continue  # a partial of an older window: the gauge shows the newest one
-                series.partials[int(row[part_i])] = counters
+                series.partials[row.partition] = counters
                 if start > self._newest_start.get(g, float("-inf")):
                     self._newest_start[g] = start
                 touched.add(g)

@@ -8,7 +8,12 @@ numerator / denominator, computed by the ClickHouse views and PromQL recording r
 
 from __future__ import annotations
 
+import calendar
+from datetime import datetime
 from decimal import Decimal
+from typing import Any, NamedTuple
+
+from copulse.settings import DIMENSIONS
 
 #: Additive counters of one window aggregate, in ClickHouse column order (all UInt64 except revenue).
 COUNTERS: tuple[str, ...] = (
@@ -39,26 +44,58 @@ COUNTERS: tuple[str, ...] = (
 #: Key columns of a KPI row, in order (ClickHouse ORDER BY of the replacing table).
 KEY_COLUMNS: tuple[str, ...] = (
     "granularity_seconds",  # UInt32
-    "window_start",  # DateTime (UTC)
+    "window_start",  # DateTime (UTC), carried as epoch seconds
     "slice",  # String: 'overall', 'channel', 'channel+region', ...
-    "channel",  # String dimension value; '' where the slice does not group by it
-    "region",
-    "category",
-    "segment",  # null segment -> 'unknown'
-    "product_id",
-    "feature",
+    *DIMENSIONS,  # String dimension values; '' where the slice does not group by it; null segment -> 'unknown'
     "partition",  # UInt16 source partition the partial comes from
 )
 
 #: Metadata columns after the counters.
 META_COLUMNS: tuple[str, ...] = (
-    "window_end",  # DateTime
+    "window_end",  # DateTime, epoch seconds
     "version",  # UInt64, grows with every emission of this key; the final row has the highest
     "is_final",  # UInt8
-    "emitted_at",  # DateTime, wall clock of the emission (for emit-to-store latency only)
+    "emitted_at",  # DateTime (epoch seconds), wall clock of the emission (for emit-to-store latency only)
 )
 
 ROW_COLUMNS: tuple[str, ...] = KEY_COLUMNS + COUNTERS + META_COLUMNS
+
+#: One KPI partial as the worker emits it and ClickHouse stores it: a named tuple in ROW_COLUMNS order, so
+#: clickhouse-driver inserts it as it is. Strings for the slice and dimension values, ints everywhere else;
+#: the DateTime columns carry epoch seconds (UTC), so no time zone is ever guessed.
+KpiRow = NamedTuple("KpiRow", [(c, str if c == "slice" or c in DIMENSIONS else int) for c in ROW_COLUMNS])
+
+_DATETIME_COLUMNS = ("window_start", "window_end", "emitted_at")
+_REQUIRED = ("granularity_seconds", "window_start", "window_end", "slice", "partition", "version")
+
+
+def epoch_seconds(value: datetime | int | float) -> int:
+    """A DateTime value as epoch seconds: aware datetimes in any zone, naive datetimes taken as UTC, or epoch
+    seconds (int/float, floored)."""
+    if isinstance(value, datetime):
+        return calendar.timegm(value.utctimetuple() if value.tzinfo else value.timetuple())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value // 1)
+    raise TypeError(f"not a timestamp: {value!r} ({type(value).__name__})")
+
+
+def kpi_row(**values: Any) -> KpiRow:
+    """A KpiRow by column name: dimensions default to '', counters to 0, is_final to 0 and emitted_at to
+    window_end; DateTime columns may be datetimes (naive = UTC) or epoch seconds. granularity_seconds,
+    window_start, window_end, slice, partition and version are required. Unknown names raise (catches typos)."""
+    unknown = set(values) - set(ROW_COLUMNS)
+    if unknown:
+        raise ValueError(f"not KPI columns: {sorted(unknown)}")
+    missing = set(_REQUIRED) - set(values)
+    if missing:
+        raise ValueError(f"KPI row needs {sorted(missing)}")
+    full: dict[str, Any] = dict.fromkeys(DIMENSIONS, "")
+    full.update(dict.fromkeys(COUNTERS, 0))
+    full.update(is_final=0, emitted_at=values["window_end"])
+    full.update(values)
+    for column in _DATETIME_COLUMNS:
+        full[column] = epoch_seconds(full[column])
+    return KpiRow(**full)
 
 
 def revenue_decimal(minor: int) -> Decimal:

@@ -19,11 +19,11 @@ from typing import Any, Awaitable, Callable
 from aiokafka.errors import KafkaError
 
 from copulse.settings import Settings
-from sinks.clickhouse import SinkBatch
-from sinks.rows import Reject
+from streams.batch import RawEvent, Reject, Sink, SinkBatch
 from streams import metrics
 from streams.codec import Decoder
 from streams.engine import FOLDED, LATE, SOURCE_KEY, PartitionEngine
+from streams.kpis import KpiRow
 from streams.engine import WINDOW_CLOSED as CLOSED
 from streams.kpi_metrics import KpiExporter
 from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
@@ -41,11 +41,11 @@ class Pipeline:
 
     The source consumer (streams/source.py) hands it batches of records under ``lock``; the engines decide
     what each record changes. ``flush`` stores, persists and commits. Callbacks (all given by streams/app.py):
-    ``store`` (blocking, ClickHouse), ``send`` (dead letters and late events; returns the delivery future),
+    ``sink`` (its blocking ``store``: ClickHouse), ``send`` (dead letters and late events; returns the delivery future),
     ``persist`` (changelog records of one partition; returns their delivery futures), ``commit`` (source
     offsets, for consumer-lag monitoring only: where to resume is decided by the persisted clocks)."""
 
-    def __init__(self, settings: Settings, *, store: Callable[[SinkBatch], None],
+    def __init__(self, settings: Settings, *, sink: Sink,
                  send: Callable[..., Awaitable[asyncio.Future]],
                  persist: Callable[[int, list[tuple[str, bytes | None]]], Awaitable[list[asyncio.Future]]],
                  commit: Callable[[dict[tuple[str, int], int]], Awaitable[None]],
@@ -54,7 +54,7 @@ class Pipeline:
         self.decoder = Decoder(settings)
         self.kpi_exporter = KpiExporter(settings)
         self.topic_types = {topic: t for t, topic in settings.source_topics.items()}
-        self._store, self._send, self._persist, self._commit = store, send, persist, commit
+        self.sink, self._send, self._persist, self._commit = sink, send, persist, commit
         self.health = health
         self.engines: dict[int, PartitionEngine] = {}
         self._consumed: dict[str, Any] = {}  # topic -> labelled CONSUMED child
@@ -67,7 +67,7 @@ class Pipeline:
         self.last_committed_ms = 0
 
     def _reset_batch(self) -> None:
-        self.raw: list = []
+        self.raw: list[RawEvent] = []
         self.rejects: list[Reject] = []
         # dead letters / late events sent and not yet acknowledged: (delivery future or None, message)
         self.deliveries: list[tuple[asyncio.Future | None, tuple]] = []
@@ -140,11 +140,11 @@ class Pipeline:
                 processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
             processed.inc()
             if outcome == FOLDED:
-                self.raw.append((event, partition, offset))
+                self.raw.append(RawEvent(event, partition, offset))
                 if event.occurred_ms > self.max_event_ms:
                     self.max_event_ms = event.occurred_ms
             elif outcome in LATE_REASONS:  # valid, kept raw, not folded into any window
-                self.raw.append((event, partition, offset))
+                self.raw.append(RawEvent(event, partition, offset))
                 reason = DeadLetter(LATE_REASONS[outcome],
                                     f"event time {event.record['occurred_at'].isoformat()} is behind the "
                                     f"watermark of partition {partition}; its window is closed")
@@ -194,17 +194,16 @@ class Pipeline:
         now = time.time()
         raw, rejects, deliveries, max_event_ms = self.raw, self.rejects, self.deliveries, self.max_event_ms
         self._reset_batch()
-        rows: list[tuple] = []
+        rows: list[KpiRow] = []
         records: list[tuple[int, list]] = []
         for p, engine in self.engines.items():
             r, rec = engine.flush(now)
             rows += r
             if rec:
                 records.append((p, rec))
-        batch = SinkBatch(kpi_rows=rows, events=[r[0] for r in raw], rejects=rejects,
-                          event_positions=[(r[1], r[2]) for r in raw])
-        if rows or raw or rejects:
-            await asyncio.to_thread(self._store, batch)
+        batch = SinkBatch(kpi_rows=rows, events=raw, rejects=rejects)
+        if batch:
+            await asyncio.to_thread(self.sink.store, batch)
             if rows:
                 metrics.EMIT_TO_STORE.observe(time.time() - now)
         await self._until_done(self._confirm_deliveries, deliveries)
@@ -261,18 +260,17 @@ class Pipeline:
             await self._commit(positions)
             self._committed.update(positions)
 
-    def _observe(self, rows: list[tuple], max_event_ms: int) -> None:
+    def _observe(self, rows: list[KpiRow], max_event_ms: int) -> None:
         self.kpi_exporter.observe(rows)
         metrics.FLUSHES.inc()
         metrics.PENDING.set(self.handled)
         if max_event_ms > self.last_committed_ms:
             self.last_committed_ms = max_event_ms
             metrics.LAST_COMMITTED_EVENT.set(max_event_ms / 1000)
-        final_at = len(rows[0]) - 2 if rows else 0
         for row in rows:
-            metrics.ROWS_EMITTED.labels(str(bool(row[final_at])).lower()).inc()
-            if row[final_at]:
-                metrics.WINDOWS_CLOSED.labels(str(row[0])).inc()
+            metrics.ROWS_EMITTED.labels(str(bool(row.is_final)).lower()).inc()
+            if row.is_final:
+                metrics.WINDOWS_CLOSED.labels(str(row.granularity_seconds)).inc()
         now = time.time()
         open_by_g: dict[int, int] = {g: 0 for g in self.settings.granularity_seconds}
         for p, engine in self.engines.items():

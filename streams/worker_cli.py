@@ -1,81 +1,27 @@
-"""``copulse worker``: migrate ClickHouse, create topics, serve metrics, run the Faust worker."""
+"""``copulse worker``: prepare (migrate ClickHouse, create topics, serve /metrics), then run the Faust app
+of streams/app.py, exactly as ``faust -A streams.app worker`` would."""
 
 from __future__ import annotations
 
-import logging
 import sys
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--loglevel", default="info", help="Faust worker log level (default: info)")
 
 
-def _prepare(settings) -> str | None:
-    """Migrate ClickHouse and create the topics; returns an error message (saying what to do) or None."""
-    from clickhouse_driver import errors as ch_errors
-    from kafka import errors as kafka_errors
-
-    from sinks.migrations import migrate
-    from streams.topics import ensure_topics
-
-    ch = settings.clickhouse
-    try:
-        migrate(settings)
-    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError) as exc:
-        return (f"ClickHouse at {ch['host']}:{ch['port']} is unreachable ({exc}). Start the local stack with "
-                "`make up`, or point COPULSE_CLICKHOUSE_URL at a running server.")
-    try:
-        ensure_topics(settings)
-    except (kafka_errors.KafkaError, OSError) as exc:
-        return (f"Kafka at {settings.kafka_bootstrap_servers} is unreachable ({exc}). Start the local stack with "
-                "`make up`, or set COPULSE_KAFKA_BOOTSTRAP_SERVERS.")
-    return None
-
-
-def _prepare_patiently(settings) -> str | None:
-    """_prepare, retried with backoff for up to COPULSE_STARTUP_WAIT_SECONDS: a worker restarted during a
-    ClickHouse or Kafka outage waits for it (one log line) instead of exiting."""
-    import time
-
-    deadline = time.monotonic() + settings.startup_wait_seconds
-    delay, waiting = 1.0, None
-    while True:
-        problem = _prepare(settings)
-        if problem is None:
-            if waiting is not None:
-                log.info("dependencies back after %.0f s; starting", time.monotonic() - waiting)
-            return None
-        if time.monotonic() + delay > deadline:
-            return problem
-        if waiting is None:
-            waiting = time.monotonic()
-            log.warning("waiting up to %.0f s (COPULSE_STARTUP_WAIT_SECONDS): %s", settings.startup_wait_seconds, problem)
-        time.sleep(delay)
-        delay = min(delay * 2, 10.0)
-
-
 def run(args, settings) -> int:
     import faust
-    from prometheus_client import start_http_server
 
-    from streams.app import build_app
+    from streams import startup
 
-    # kafka-python (topic set-up) logs every connection step at INFO: keep its warnings only
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    problem = _prepare_patiently(settings)
+    problem = startup.prepare_all(settings)
     if problem:
         print(f"copulse worker: {problem}", file=sys.stderr)
         return 1
-    try:
-        start_http_server(settings.metrics_port, addr=settings.bind_host)
-    except OSError as exc:
-        print(f"copulse worker: cannot serve metrics on {settings.bind_host}:{settings.metrics_port} ({exc}); "
-              "stop the process using that port or set COPULSE_METRICS_PORT.", file=sys.stderr)
-        return 1
-    log.info("metrics on http://%s:%d/metrics", settings.bind_host, settings.metrics_port)
-    app = build_app(settings)
+    from streams.app import app  # built from the environment, like ``settings``
+
+    app.prepared = True
     worker = faust.Worker(app, loglevel=args.loglevel, override_logging=False)
     worker.execute_from_commandline()
     return 0

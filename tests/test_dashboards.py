@@ -175,9 +175,9 @@ def test_provisioning_matches_docker_compose():
 def populate(settings) -> dict:
     """Generated events -> decode/validate -> PartitionEngine per partition (fake clock) -> ClickHouseSink."""
     from copulse.generator import generate_events
-    from sinks.clickhouse import ClickHouseSink, SinkBatch
+    from sinks.clickhouse import ClickHouseSink
+    from streams.batch import RawEvent, Reject, SinkBatch
     from sinks.migrations import migrate
-    from sinks.rows import Reject
     from streams.codec import Decoder
     from streams.engine import DUPLICATE, FOLDED, REPLAYED, PartitionEngine
     from streams.errors import DeadLetter
@@ -226,11 +226,9 @@ def populate(settings) -> dict:
         outcome = engines[partition].process(event, offset, clock)
         stats[outcome] += 1
         if outcome == FOLDED:
-            batch.events.append(event)
-            batch.event_positions.append((partition, offset))
+            batch.events.append(RawEvent(event, partition, offset))
         elif outcome not in (DUPLICATE, REPLAYED):
-            batch.events.append(event)
-            batch.event_positions.append((partition, offset))
+            batch.events.append(RawEvent(event, partition, offset))
             batch.rejects.append(Reject("late", "late_event" if outcome == "late" else outcome, msg.topic, partition,
                                         offset, msg.key, len(msg.value), int(clock * 1000)))
         if i % 400 == 399:

@@ -15,9 +15,10 @@ from pydantic import SecretStr
 
 from copulse.cli import main
 from copulse.settings import Settings, get_settings
-from sinks.clickhouse import ClickHouseSink, SinkBatch
+from sinks.clickhouse import ClickHouseSink
+from streams.batch import SinkBatch
 from sinks.migrations import migrate
-from sinks.rows import kpi_row_from_dict
+from streams.kpis import kpi_row
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def ch_url(clickhouse_settings: dict, database: str) -> str:
 
 
 def _row(window, partition, version, is_final, slice_name="overall", **values):
-    return kpi_row_from_dict(
+    return kpi_row(**
         dict(granularity_seconds=3600, window_start=window, window_end=window + dt.timedelta(hours=1),
              slice=slice_name, partition=partition, version=version, is_final=is_final, **values)
     )

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from copulse.settings import Settings
 from streams.kpi_metrics import METRIC_NAMES, KpiExporter, metric_name
-from streams.kpis import COUNTERS, ROW_COLUMNS
+from streams.kpis import COUNTERS, ROW_COLUMNS, KpiRow
+from streams.kpis import kpi_row as make_kpi_row
 
 REPO = Path(__file__).resolve().parents[1]
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -33,14 +34,9 @@ T0 = datetime(2026, 3, 2, 10, 0)
 
 # ============================================================================ helpers
 def kpi_row(start: datetime = T0, g: int = 3600, slice: str = "overall", partition: int = 0, final: int = 1,
-            **values) -> tuple:
-    end = start + timedelta(seconds=g)
-    base = {"granularity_seconds": g, "window_start": start, "slice": slice, "channel": "", "region": "",
-            "category": "", "segment": "", "product_id": "", "feature": "", "partition": partition,
-            "window_end": end, "version": 2, "is_final": final, "emitted_at": end}
-    base.update(dict.fromkeys(COUNTERS, 0))
-    base.update(values)
-    return tuple(base[c] for c in ROW_COLUMNS)
+            **values) -> KpiRow:
+    return make_kpi_row(granularity_seconds=g, window_start=start, window_end=start + timedelta(seconds=g),
+                        slice=slice, partition=partition, version=2, is_final=final, **values)
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple, float]:
@@ -155,10 +151,8 @@ def test_window_start_as_aware_datetime_or_epoch_seconds():
     aware = T0.replace(tzinfo=UTC)
     epoch = int(aware.timestamp())
     exp.observe([kpi_row(start=aware, partition=0, ratings=1)])
-    row = list(kpi_row(partition=1, ratings=2))
-    row[ROW_COLUMNS.index("window_start")] = epoch
-    row[ROW_COLUMNS.index("window_end")] = epoch + 3600
-    exp.observe([tuple(row)])
+    exp.observe([make_kpi_row(granularity_seconds=3600, window_start=epoch, window_end=epoch + 3600, slice="overall",
+                              partition=1, version=2, is_final=1, ratings=2)])
     assert samples(reg)[("copulse_kpi_ratings", labels(granularity=3600, slice="overall"))] == 3
 
 

@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from sinks.rows import kpi_row
+from streams.kpis import kpi_row
 from streams.codec import encode
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
 from tests.test_engine import T0, random_messages
@@ -127,7 +127,7 @@ def test_reconcile_finds_planted_differences_and_repair_fixes_them(isolated_work
     bad[EVENTS] += 1
     bad[REVENUE] += 12_345
     bad[VERSION] += 10
-    client.execute(f"INSERT INTO `{db}`.kpi_windows ({COLS}) VALUES", [kpi_row(tuple(bad))], types_check=True)
+    client.execute(f"INSERT INTO `{db}`.kpi_windows ({COLS}) VALUES", [kpi_row(**dict(zip(ROW_COLUMNS, bad)))], types_check=True)
     # 2. a final row deleted: every version of a 1h channel partial
     hour = newest(client, db, HOUR, t0)
     deleted_key, deleted = sorted(hour.items())[0]

@@ -29,7 +29,8 @@ HOURS = 6
 def populate(settings: Settings, hours: int = HOURS, rate: float = 6.0) -> None:
     """``rate`` events per second of event time for ``hours`` hours, through the real engine and sink."""
     from copulse.generator import generate_events
-    from sinks.clickhouse import ClickHouseSink, SinkBatch
+    from sinks.clickhouse import ClickHouseSink
+    from streams.batch import RawEvent, SinkBatch
     from sinks.migrations import migrate
     from streams.codec import Decoder
     from streams.engine import FOLDED, PartitionEngine
@@ -66,8 +67,7 @@ def populate(settings: Settings, hours: int = HOURS, rate: float = 6.0) -> None:
             continue
         clock = max(clock, event.occurred_ms / 1000 + 2)
         if engines[partition].process(event, offset, clock) == FOLDED:
-            batch.events.append(event)
-            batch.event_positions.append((partition, offset))
+            batch.events.append(RawEvent(event, partition, offset))
         if i % 2000 == 1999:
             flush(clock)
     flush(clock)

@@ -18,11 +18,11 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from copulse.settings import Settings
-from sinks.clickhouse import ClickHouseSink, Reject, SinkBatch, SinkFatalError, is_transient
+from sinks.clickhouse import ClickHouseSink, SinkFatalError, is_transient
+from streams.batch import RawEvent, Reject, SinkBatch
 from sinks.migrations import migrate
-from sinks.rows import kpi_row_from_dict
 from streams.events import Event
-from streams.kpis import COUNTERS
+from streams.kpis import COUNTERS, kpi_row
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,8 @@ def metric(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def make_events(start: int, count: int) -> list[Event]:
-    """Events of all three types with every optional field both set and unset."""
+def make_events(start: int, count: int) -> list[RawEvent]:
+    """Events of all three types with every optional field both set and unset, read from (i % 6, 1000 + i)."""
     events = []
     for i in range(start, start + count):
         when = T0 + dt.timedelta(seconds=i, milliseconds=i % 1000)
@@ -70,13 +70,13 @@ def make_events(start: int, count: int) -> list[Event]:
             record.update(kind="rating" if i % 2 else "idea", score=4 if i % 2 else None,
                           text=None if i % 2 else "make it blue", in_reply_to=None if i % 4 else "ev-1")
             events.append(Event(type="feedback", record=record, **common))
-    return events
+    return [RawEvent(e, i % 6, 1000 + i) for i, e in enumerate(events, start)]
 
 
 def make_kpi_rows(start: int, count: int, version: int = 1, is_final: int = 1) -> list[tuple]:
     """`count` partials of distinct keys (product_id slice, one partition each)."""
     return [
-        kpi_row_from_dict(
+        kpi_row(**
             dict(granularity_seconds=60, window_start=T0, window_end=T0 + dt.timedelta(minutes=1),
                  slice="product_id", product_id=f"p{i}", partition=i % 6, version=version, is_final=is_final,
                  emitted_at=T0 + dt.timedelta(minutes=1, seconds=2),
@@ -124,7 +124,6 @@ def test_store_writes_every_table_with_typed_values(migrated):
     batch = SinkBatch(
         kpi_rows=make_kpi_rows(0, 5),
         events=events,
-        event_positions=[(i % 6, 1000 + i) for i in range(len(events))],
         rejects=make_rejects(0, 3),
     )
     with ClickHouseSink(settings) as sink:
@@ -222,8 +221,6 @@ def test_rows_that_do_not_fit_the_columns_are_fatal(migrated):
             sink.store(SinkBatch(kpi_rows=[tuple(row)]))
         with pytest.raises(SinkFatalError, match="malformed sink batch"):
             sink.store(SinkBatch(kpi_rows=[tuple(row[:-1])]))
-        with pytest.raises(SinkFatalError, match="malformed sink batch"):
-            sink.store(SinkBatch(events=make_events(0, 2), event_positions=[(0, 1)]))
 
 
 def test_error_classification():

@@ -16,9 +16,10 @@ from clickhouse_driver import Client
 from prometheus_client import REGISTRY
 
 from copulse.settings import Settings
-from sinks.clickhouse import ClickHouseSink, Reject, SinkBatch
+from sinks.clickhouse import ClickHouseSink
+from streams.batch import RawEvent, Reject, SinkBatch
 from sinks.migrations import migrate
-from sinks.rows import kpi_row_from_dict
+from streams.kpis import kpi_row
 from streams.events import Event
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -34,7 +35,7 @@ KPI_PER_BATCH, EVENTS_PER_BATCH, REJECTS_PER_BATCH = 40, 30, 3
 def batch(number: int) -> SinkBatch:
     """Batch `number`: KPI partials, events and rejects whose ids carry the batch number."""
     kpi_rows = [
-        kpi_row_from_dict(
+        kpi_row(**
             dict(granularity_seconds=60, window_start=T0, window_end=T0 + dt.timedelta(minutes=1),
                  slice="product_id", product_id=f"b{number}-k{j}", partition=j % 6, version=1, is_final=1,
                  events=number * 1000 + j, active_consumers=1, orders=1, revenue_minor=number * 100 + j)
@@ -55,8 +56,8 @@ def batch(number: int) -> SinkBatch:
         Reject("dlq", "schema_unknown", "copulse.purchases", 0, number * 100 + j, None, 10, int(T0.timestamp()) * 1000)
         for j in range(REJECTS_PER_BATCH)
     ]
-    return SinkBatch(kpi_rows=kpi_rows, events=events, rejects=rejects,
-                     event_positions=[(0, number * 100 + j) for j in range(EVENTS_PER_BATCH)])
+    return SinkBatch(kpi_rows=kpi_rows, events=[RawEvent(e, 0, number * 100 + j) for j, e in enumerate(events)],
+                     rejects=rejects)
 
 
 def gauge(name: str) -> float:

@@ -23,9 +23,10 @@ from copulse.vci import (
     kpi_inputs,
     score_row,
 )
-from sinks.clickhouse import ClickHouseSink, SinkBatch
+from sinks.clickhouse import ClickHouseSink
+from streams.batch import SinkBatch
 from sinks.migrations import migrate
-from sinks.rows import kpi_row_from_dict
+from streams.kpis import kpi_row
 from sinks.vci import VCI_COLUMNS, VciJob
 
 CARD = parse_scorecard(
@@ -207,7 +208,7 @@ JOB_CARD = textwrap.dedent(
 def kpi_rows() -> list[tuple]:
     def row(start, slice_name="overall", final=1, partition=0, **over):
         values = dict(COUNTS, **over)
-        return kpi_row_from_dict(dict(granularity_seconds=3600, window_start=start,
+        return kpi_row(**dict(granularity_seconds=3600, window_start=start,
                                       window_end=start + dt.timedelta(hours=1), slice=slice_name, partition=partition,
                                       version=1, is_final=final, **values))
 

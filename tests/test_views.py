@@ -16,9 +16,11 @@ from clickhouse_driver.errors import ServerException
 from pydantic import SecretStr
 
 from copulse.settings import Settings
-from sinks.clickhouse import ClickHouseSink, Reject, SinkBatch
+from sinks.clickhouse import ClickHouseSink
+from streams.batch import RawEvent, Reject, SinkBatch
 from sinks.migrations import load_migrations, migrate, render, split_statements
-from sinks.rows import KPI_COLUMNS, kpi_row, kpi_row_from_dict
+from sinks.rows import KPI_COLUMNS
+from streams.kpis import kpi_row
 from streams.events import Event
 from streams.kpis import COUNTERS, revenue_decimal
 
@@ -73,7 +75,7 @@ def _counters(seed: int) -> dict:
 
 
 def _row(window, slice_name, partition, version, is_final, seed, granularity=3600, **dims):
-    return kpi_row_from_dict(
+    return kpi_row(**
         dict(
             granularity_seconds=granularity,
             window_start=window,
@@ -108,14 +110,14 @@ def fixture_rows() -> list[tuple]:
     # W2 overall: partition 1 still open -> not final
     rows += [_row(W2, "overall", 0, 1, 1, 12), _row(W2, "overall", 1, 1, 0, 13)]
     # W2 segment: a window with every denominator 0 -> NULL ratios, revenue 0.00
-    zero = kpi_row_from_dict(
+    zero = kpi_row(**
         dict(granularity_seconds=3600, window_start=W2, window_end=W2 + HOUR, slice="segment", segment="unknown",
              partition=3, version=1, is_final=1, events=2)
     )
     rows.append(zero)
     # 1m granularity, one partition, negative revenue (refunds) and rounding of aov half away from zero
     rows.append(
-        kpi_row_from_dict(
+        kpi_row(**
             dict(granularity_seconds=60, window_start=W1, window_end=W1 + dt.timedelta(minutes=1), slice="overall",
                  partition=0, version=5, is_final=1, events=3, active_consumers=2, orders=2, revenue_minor=-1001,
                  purchasers=2)
@@ -133,7 +135,7 @@ def expected_view(rows: list[tuple]) -> dict[tuple, dict]:
     """The kpi view computed in Python from the partial rows."""
     latest: dict[tuple, dict] = {}
     for row in rows:
-        rec = dict(zip(KPI_COLUMNS, kpi_row(row)))
+        rec = row._asdict()
         key = tuple(rec[c] for c in VIEW_KEY) + (rec["partition"],)
         if key not in latest or rec["version"] > latest[key]["version"]:
             latest[key] = rec
@@ -297,7 +299,7 @@ def test_reader_can_select_views_but_not_insert(migrated, clickhouse_settings):
         for table in ("purchases", "usage_events", "feedback", "rejected"):
             assert reader.execute(f"SELECT count() FROM {table}") == [(0,)]
         with pytest.raises(ServerException) as error:
-            reader.execute(f"INSERT INTO kpi_windows ({', '.join(KPI_COLUMNS)}) VALUES", [kpi_row(fixture_rows()[0])])
+            reader.execute(f"INSERT INTO kpi_windows ({', '.join(KPI_COLUMNS)}) VALUES", [fixture_rows()[0]])
         assert error.value.code in READONLY_CODES
         with pytest.raises(ServerException) as error:
             reader.execute("DROP TABLE kpi_windows")
@@ -314,8 +316,8 @@ def _readme_queries() -> list[str]:
     return [q.strip().rstrip(";") for q in re.findall(r"```sql\n(.*?)```", match.group(1), re.S)]
 
 
-def sample_events() -> list[Event]:
-    """Purchases, usage and feedback of 4 consumers over two months."""
+def sample_events() -> list[RawEvent]:
+    """Purchases, usage and feedback of 4 consumers over two months (source position unknown: 0, 0)."""
     events = []
     for i in range(24):
         consumer = f"c{i % 4}"
@@ -334,7 +336,7 @@ def sample_events() -> list[Event]:
         else:
             record.update(kind="rating", score=4, text="nice", in_reply_to=None)
             events.append(Event(type="feedback", event_id=f"e{i}", record=record, **common))
-    return events
+    return [RawEvent(e, 0, 0) for e in events]
 
 
 @pytest.mark.integration
@@ -381,7 +383,7 @@ def test_views_on_current_clickhouse_release():
             ).data()
             assert "LowCardinality(String)" in types
             rows = fixture_rows()
-            values = ", ".join("(" + ", ".join(_literal(v) for v in kpi_row(r)) + ")" for r in rows)
+            values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
             session.query(f"INSERT INTO modern.kpi_windows ({', '.join(KPI_COLUMNS)}) VALUES {values}")
             result = session.query(
                 f"SELECT {', '.join(COMPARED)} FROM modern.kpi ORDER BY {', '.join(VIEW_KEY)}", "JSONCompact"
