@@ -1,6 +1,6 @@
 """Independent oracle: exact expected final KPIs from the full list of messages that were sent.
 
-Written plainly from the KPI definitions in the README, on purpose sharing no code with streams/engine.py.
+Written plainly from the KPI definitions in docs/kpis.md, on purpose sharing no code with streams/engine.py.
 Input messages are dicts with ``type``, ``partition``, ``offset`` and ``event`` (the event's fields, with
 ``occurred_ms``, ``amount_minor`` for purchases and the type's own fields) — valid messages only; dead
 letters are not the oracle's business.

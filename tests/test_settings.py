@@ -1,4 +1,4 @@
-"""The settings object: defaults, validation messages, secrets, and the README's configuration table."""
+"""The settings object: defaults, validation messages, secrets, and the configuration table of docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pydantic import ValidationError
 
 from copulse.settings import Settings, duration_seconds, markdown_table, slice_dimensions
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
-def test_readme_configuration_table_is_current():
-    assert markdown_table() in README.read_text(), (
-        "README's configuration table is stale: paste the output of "
+def test_configuration_table_is_current():
+    assert markdown_table() in CONFIGURATION_DOC.read_text(), (
+        "docs/configuration.md's configuration table is stale: paste the output of "
         "python -c 'from copulse.settings import markdown_table; print(markdown_table())'"
     )
 

@@ -28,7 +28,7 @@ UTC = dt.timezone.utc
 W1 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 W2 = dt.datetime(2024, 5, 1, 13, 0, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLICKHOUSE_DOC = Path(__file__).resolve().parents[1] / "docs" / "clickhouse.md"
 READONLY_CODES = {164, 497}
 
 DIMS = ("channel", "region", "category", "segment", "product_id", "feature")
@@ -309,10 +309,10 @@ def test_reader_can_select_views_but_not_insert(migrated, clickhouse_settings):
     assert client.execute("SELECT count() FROM kpi_windows") == [(len(fixture_rows()),)]
 
 
-def _readme_queries() -> list[str]:
-    text = README.read_text(encoding="utf-8")
+def _documented_queries() -> list[str]:
+    text = CLICKHOUSE_DOC.read_text(encoding="utf-8")
     match = re.search(r"^## ClickHouse tables and views\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    assert match, "README.md lacks the section '## ClickHouse tables and views'"
+    assert match, "docs/clickhouse.md lacks the section '## ClickHouse tables and views'"
     return [q.strip().rstrip(";") for q in re.findall(r"```sql\n(.*?)```", match.group(1), re.S)]
 
 
@@ -340,18 +340,18 @@ def sample_events() -> list[RawEvent]:
 
 
 @pytest.mark.integration
-def test_readme_example_queries_run(migrated):
-    """Every SQL example of the README section runs on the real server (database name swapped)."""
+def test_documented_example_queries_run(migrated):
+    """Every SQL example of the docs section runs on the real server (database name swapped)."""
     client, database, settings = migrated
     with ClickHouseSink(settings) as sink:
         sink.store(SinkBatch(kpi_rows=fixture_rows(), events=sample_events()))
         sink.store(SinkBatch(events=sample_events()))  # replayed: examples must not double count
-    queries = _readme_queries()
+    queries = _documented_queries()
     assert len(queries) >= 5
     returned = [client.execute(query.replace("copulse.", f"`{database}`.")) for query in queries]
     # the fixture lies in 2024: examples relative to now() return nothing, the others must return rows
     for query, rows in zip(queries, returned):
-        assert rows or "now()" in query, f"README example returned nothing:\n{query}"
+        assert rows or "now()" in query, f"docs/clickhouse.md example returned nothing:\n{query}"
 
 
 def _literal(value) -> str:
@@ -404,7 +404,7 @@ def test_views_on_current_clickhouse_release():
             assert_view_matches(actual, expected_view(rows))
             finals = session.query("SELECT count() FROM modern.kpi_final", "CSV").data().strip()
             assert int(finals) == sum(1 for v in expected_view(rows).values() if v["is_final"] == 1)
-            for query in _readme_queries():  # the README examples parse and run on the current release too
+            for query in _documented_queries():  # the documented examples parse and run on the current release too
                 session.query(query.replace("copulse.", "modern."))
         finally:
             session.close()

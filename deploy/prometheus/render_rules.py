@@ -252,7 +252,7 @@ def _kpi_alert(key: str, spec: dict, cfg: dict, granularity_label: str, matchers
             ),
             "runbook": (
                 f"Grafana '{spec['dashboard']}' for this slice and window; {spec['hint']}. "
-                "Thresholds: deploy/prometheus/thresholds.yml (README: Metrics, alerts and dashboards)."
+                "Thresholds: deploy/prometheus/thresholds.yml (docs/monitoring.md: Metrics, alerts and dashboards)."
             ),
         },
     }
