@@ -26,10 +26,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
-import fastavro
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 import schemas as catalogue
@@ -391,48 +389,3 @@ class Decoder:
                     f"field {name!r} has enum symbol {v!r} that the reader schema does not know; "
                     "new enum symbols break FULL_TRANSITIVE compatibility, send one of the reader's symbols",
                 )
-
-
-def fastavro_version() -> str:
-    return fastavro.__version__
-
-
-def _bench(n: int = 200_000) -> None:
-    """``python -m streams.codec [N]``: decode rate on one core (shipped catalogue, mixed types/versions)."""
-    from datetime import datetime
-    from decimal import Decimal
-
-    from copulse.settings import Settings
-    from streams.validation import decode_event
-
-    settings = Settings(schema_registry_url=None)
-    at = datetime.now(UTC).replace(microsecond=0)
-    common = {"consumer_id": "c-42", "occurred_at": at, "channel": "app", "region": "DE", "segment": "loyal"}
-    samples = [
-        (settings.topic_purchases, encode("purchase", {**common, "event_id": "e1", "order_id": "o-1", "product_id": "AUD-001",
-                                                       "category": "audio", "quantity": 2, "amount": Decimal("259.80"), "currency": settings.currency})),
-        (settings.topic_usage, encode("usage", {**common, "event_id": "e2", "session_id": "s-1", "action": "feature_use", "feature": "search",
-                                                "product_id": "AUD-001", "category": "audio", "co_creation": False, "app_version": "5.4.0"})),
-        (settings.topic_usage, encode(201, {**common, "event_id": "e3", "session_id": "s-1", "action": "session_end", "product_id": "AUD-001",
-                                            "category": "audio", "duration_ms": 61_000, "co_creation": False})),
-        (settings.topic_feedback, encode("feedback", {**common, "event_id": "e4", "kind": "nps", "score": 9, "product_id": "AUD-001",
-                                                      "category": "audio"})),
-    ]  # fmt: skip
-    decoder = Decoder(settings)
-    now_ms = int(time.time() * 1000)
-    for label, fn in (
-        ("Decoder.decode", lambda topic, value: decoder.decode(value)),
-        ("decode_event (decode + validate + Event)", lambda topic, value: decode_event(decoder, settings, topic, b"c-42", value, now_ms)),
-    ):
-        started = time.perf_counter()
-        for i in range(n):
-            topic, value = samples[i & 3]
-            fn(topic, value)
-        elapsed = time.perf_counter() - started
-        print(f"{label}: {n / elapsed:,.0f} msgs/s ({elapsed / n * 1e6:.1f} us/msg, fastavro {fastavro_version()})")
-
-
-if __name__ == "__main__":
-    import sys
-
-    _bench(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
