@@ -35,9 +35,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-import schemas as catalogue
 from streams import errors as R
 from streams.codec import HEADER, MAGIC_BYTE, encode
+from streams.schemas import schema_ids
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Simulation:
         self.recent: deque[GeneratedMessage] = deque(maxlen=512)  # recent valid messages (duplicates, late refs)
         self.ideas: deque[tuple[str, _Product]] = deque(maxlen=256)
         self.recent_buyers: deque[tuple[_Consumer, _Product, str]] = deque(maxlen=2048)
-        self.usage_ids = catalogue.schema_ids("usage")
+        self.usage_ids = schema_ids("usage")
         self._build_products()
         self._build_population()
 

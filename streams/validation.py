@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from streams.codec import Decoder
-from streams.errors import (  # noqa: F401 - dead_letter_headers is re-exported for the worker
+from streams.errors import (
     FUTURE_EVENT_TIME,
     INVALID_FIELD,
     KEY_MISMATCH,
@@ -37,7 +37,6 @@ from streams.errors import (  # noqa: F401 - dead_letter_headers is re-exported 
     WRONG_EVENT_TYPE,
     DeadLetter,
     RetryableError,
-    dead_letter_headers,
 )
 from streams.events import Event
 
