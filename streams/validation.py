@@ -41,7 +41,7 @@ from streams.errors import (
 from streams.events import Event
 
 #: the channels copulse knows; anything else is dead-lettered as unknown_enum
-CHANNELS = frozenset({"web", "app", "store", "call_center", "marketplace", "partner"})
+CHANNELS = ("web", "app", "store", "call_center", "marketplace", "partner")
 
 #: feedback kind -> (min, max, required). Kinds not listed: score optional, 0..10 when present.
 SCORE_RULES: dict[str, tuple[int, int, bool]] = {
