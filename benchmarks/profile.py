@@ -85,10 +85,10 @@ def summarise(collapsed: Path, top: int = 15) -> dict:
 AREAS = (
     ("idle (select)", ("EpollSelector.select", "_PollLikeSelector.select")),
     ("ClickHouse store (sink thread)", ("ClickHouseSink.store",)),
-    ("changelog records to Faust (persist)", ("build_app.<locals>.persist",)),
+    ("changelog records (persist)", ("ChangelogStore.write", "Pipeline._persist_all")),
     ("engine.flush (rows, JSON records)", ("PartitionEngine.flush",)),
     ("rest of Pipeline.flush", ("Pipeline.flush",)),
-    ("Pipeline.handle without flush (decode, validate, engine.process, metrics)", ("Pipeline.handle",)),
+    ("Pipeline.handle_batch without flush (decode, validate, engine.process, metrics)", ("Pipeline.handle_batch",)),
     ("aiokafka producer", ("Sender.", "AIOKafkaProducer", "MessageAccumulator", "SendProduceReqHandler")),
     ("Faust producer buffer", ("ProducerBuffer",)),
     ("Faust consumer, conductor, fetcher", ("Conductor", "Consumer._drain_messages", "Fetcher", "AIOKafkaConsumerThread")),

@@ -272,7 +272,7 @@ class PartitionEngine:
         # (the combined watermark past its end must be persisted). A watermark that merely advances with the
         # wall clock while every source is idle changes nothing a restart needs, so an idle worker writes nothing.
         if records or self.closed_unpruned or clocks != self._clocks_written:
-            records.append(changelog.clocks_record(p, clocks, self.wm.combined))
+            records.append(changelog.clocks_record(p, clocks, self.wm.combined_watermark))
             self._clocks_written = clocks
         return records
 
@@ -325,7 +325,7 @@ class PartitionEngine:
             for source, (offset, max_ts) in stored.clocks.sources.items():
                 clock = self.wm.clock(source)
                 clock.offset, clock.max_ts = offset, max_ts
-            self.wm.combined = stored.clocks.combined_watermark
+            self.wm.combined_watermark = stored.clocks.combined_watermark
             self._clocks_written = {s: [c.offset, c.max_ts] for s, c in self.wm.sources.items()}
         for key, agg in stored.aggregates.items():
             self.aggregates[key] = Aggregate(agg.counters, agg.applied, agg.emitted, key=key, in_emit=True)
@@ -341,7 +341,7 @@ class PartitionEngine:
                     if tag == PURCHASER:
                         self.purchasers.setdefault((g, ws, slice_name, values), set()).add(cid)
         # windows closed before the crash: prune what the records still mention
-        combined = self.wm.combined
+        combined = self.wm.combined_watermark
         if combined != NEG_INF:
             for wkey in [w for w in self.window_consumers if w[0] + w[1] <= combined]:
                 self._prune_window(wkey)

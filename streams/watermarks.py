@@ -48,7 +48,7 @@ class Watermarks:
         # Every expected source starts active: one that has delivered nothing yet holds the watermark
         # back until it has been silent for the idle timeout (its data may simply not be fetched yet).
         self.sources: dict[str, SourceClock] = {s: SourceClock() for s in sources}
-        self.combined = NEG_INF
+        self.combined_watermark = NEG_INF
 
     def clock(self, topic: str) -> SourceClock:
         clock = self.sources.get(topic)
@@ -66,7 +66,7 @@ class Watermarks:
         finest = self.window_sizes_ms[0]
         if ts - ts % finest + finest <= clock.watermark(self.lateness_ms):
             return LATE
-        combined = self.combined
+        combined = self.combined_watermark
         for g in self.window_sizes_ms:
             if ts - ts % g + g <= combined:
                 return WINDOW_CLOSED
@@ -117,6 +117,6 @@ class Watermarks:
             candidate = wm + int((now - newest_seen - self.idle_timeout_s) * 1000)
         else:
             candidate = NEG_INF
-        if candidate > self.combined:
-            self.combined = candidate
-        return self.combined
+        if candidate > self.combined_watermark:
+            self.combined_watermark = candidate
+        return self.combined_watermark
