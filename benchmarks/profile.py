@@ -56,16 +56,20 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
+def stacks(collapsed: Path):
+    """(stack, samples) of every line of py-spy's raw (collapsed) output."""
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack, int(count)
+
+
 def summarise(collapsed: Path, top: int = 15) -> dict:
     """{'samples', 'self': [(share, name)], 'total': [(share, name)]} from py-spy's raw output."""
     own: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
     samples = 0
-    for line in collapsed.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in stacks(collapsed):
         frames = [_short(f) for f in stack.split(";")[1:]]  # first element is the thread
         if not frames:
             continue
@@ -100,13 +104,10 @@ AREAS = (
 def areas(collapsed: Path) -> list[tuple[float, str]]:
     counts: collections.Counter = collections.Counter()
     total = 0
-    for line in collapsed.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        total += int(count)
+    for stack, n in stacks(collapsed):
+        total += n
         name = next((a for a, keys in AREAS if any(k in stack for k in keys)), "other (event loop, threads, ...)")
-        counts[name] += int(count)
+        counts[name] += n
     return [(c / total, a) for a, c in counts.most_common()] if total else []
 
 
