@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     metric_max_series_per_slice: int = Field(50, ge=1, description="cardinality cap of those gauges per slice")
 
     # --- Value co-creation scorecard and index (VCI) -----------------------------------------
-    scorecard_file: str | None = Field(None, description="scorecard YAML; default copulse/scorecards/default.yaml")
+    scorecard_file: str | None = Field(None, description="scorecard YAML; default copulse/scorecard/default.yaml")
     vci_interval_seconds: float = Field(15.0, gt=0, description="the worker scores new final windows this often")
     vci_slices: list[str] = Field(
         ["overall", "channel", "region", "category", "segment", "product_id", "channel+region"],

@@ -412,7 +412,7 @@ def pipeline_alert_groups(params: dict) -> list[dict]:
 
 
 def vci_groups(params: dict) -> list[dict]:
-    """vci.yml: the VCI gauges of the scoring job (sinks/vci.py) over workers, the VCI drop alert against a
+    """vci.yml: the VCI gauges of the scoring job (copulse/scorecard/exporter.py) over workers, the VCI drop alert against a
     baseline (low-traffic guard, for:) and an alert when scoring stopped."""
     p = params["vci_alerts"]
     job = f'job="{params.get("job", "copulse")}"'

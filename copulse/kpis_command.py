@@ -12,75 +12,23 @@ import argparse
 import datetime as dt
 import json
 import sys
-from dataclasses import dataclass
 from decimal import Decimal
 
-from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from copulse.scorecard import format_value
-from copulse.settings import duration_seconds, slice_dimensions
+from copulse.readmodel import SELECT_COLUMNS, granularity_text, iso, parse_window_start, reader_client
+from copulse.scorecard.catalogue import VIEW_KPIS, Kpi, format_value
+from copulse.settings import DIMENSIONS, duration_seconds, slice_dimensions
 from streams.kpis import COUNTERS
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DATA = 0, 1, 3
 CENT = Decimal("0.01")
-
-DIMENSION_COLUMNS = ("channel", "region", "category", "segment", "product_id", "feature")
-
-
-@dataclass(frozen=True)
-class Kpi:
-    name: str
-    label: str
-    numerator: str | None  # column (or derived name) of the numerator
-    denominator: str | None
-    unit: str  # 'rate' | 'score' | 'nps' | 'money' | 'seconds' | 'count'
+MONEY_KPIS = tuple(kpi for kpi in VIEW_KPIS if kpi.unit == "money")
 
 
-#: The scorecard, in display order. Ratios come from the kpi view; numerators/denominators are its columns
-#: (nps_net = nps_promoters - nps_detractors, session_seconds = session_ms / 1000 are derived here).
-KPIS: tuple[Kpi, ...] = (
-    Kpi("active_consumers", "Active consumers", None, None, "count"),
-    Kpi("participation_rate", "Participation rate", "participating_consumers", "active_consumers", "rate"),
-    Kpi("co_creation_actions", "Co-creation actions", None, None, "count"),
-    Kpi("ideas_submitted", "Ideas submitted", None, None, "count"),
-    Kpi("csat_avg", "CSAT (average 1-5)", "rating_sum", "ratings", "score"),
-    Kpi("csat_pct", "CSAT (share satisfied)", "ratings_satisfied", "ratings", "rate"),
-    Kpi("nps", "NPS", "nps_net", "nps_responses", "nps"),
-    Kpi("survey_response_rate", "Survey response rate", "survey_responses", "surveys_invited", "rate"),
-    Kpi("orders", "Orders", None, None, "count"),
-    Kpi("revenue", "Revenue", None, None, "money"),
-    Kpi("aov", "Average order value", "revenue", "orders", "money"),
-    Kpi("returning_purchaser_rate", "Returning purchasers", "returning_purchasers", "purchasers", "rate"),
-    Kpi("sessions", "Sessions", None, None, "count"),
-    Kpi("avg_session_seconds", "Average session", "session_seconds", "sessions_timed", "seconds"),
-    Kpi("feature_adoption", "Feature adoption", "feature_users", "feature_adoption_denominator", "rate"),
-    Kpi("events", "Events", None, None, "count"),
-)
+class KpisError(RuntimeError):
+    """``copulse kpis`` cannot print a scorecard; ``exit_code`` says why."""
 
-RATIO_COLUMNS = (
-    "participation_rate",
-    "csat_avg",
-    "csat_pct",
-    "nps",
-    "survey_response_rate",
-    "revenue",
-    "aov",
-    "returning_purchaser_rate",
-    "avg_session_seconds",
-    "feature_adoption_denominator",
-    "feature_adoption",
-)
-SELECT_COLUMNS = (
-    ("granularity_seconds", "window_start", "window_end", "slice")
-    + DIMENSION_COLUMNS
-    + ("is_final", "partials", "last_emitted_at")
-    + COUNTERS
-    + RATIO_COLUMNS
-)
-
-
-class ScorecardError(RuntimeError):
     def __init__(self, message: str, exit_code: int = EXIT_ERROR):
         super().__init__(message)
         self.exit_code = exit_code
@@ -89,28 +37,10 @@ class ScorecardError(RuntimeError):
 # --- data --------------------------------------------------------------------------------------------
 
 
-def reader_client(settings) -> Client:
-    kwargs = dict(settings.clickhouse)
-    kwargs["user"] = settings.clickhouse_readonly_user
-    kwargs["password"] = settings.clickhouse_readonly_password.get_secret_value()
-    return Client(**kwargs, connect_timeout=5, send_receive_timeout=60, sync_request_timeout=5)
-
-
-def parse_window_start(text: str) -> dt.datetime:
-    """ISO 8601; naive means UTC. '2024-05-01T12:00', '2024-05-01 12:00:00Z', '2024-05-01T14:00+02:00'."""
-    try:
-        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date-time: {text!r} (e.g. 2024-05-01T12:00Z)") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
-
-
 def fetch_scorecard(
-    client: Client, database: str, granularity_seconds: int, slice_name: str, window_start: dt.datetime | None
+    client, database: str, granularity_seconds: int, slice_name: str, window_start: dt.datetime | None
 ) -> dict:
-    """The scorecard as a plain dict (see ``to_json``). Raises ScorecardError(EXIT_NO_DATA) if there is none."""
+    """The scorecard as a plain dict (see ``to_json``). Raises KpisError(EXIT_NO_DATA) if there is none."""
     params = {"g": granularity_seconds, "s": slice_name}
     if window_start is None:
         latest, count = client.execute(
@@ -119,8 +49,8 @@ def fetch_scorecard(
             params,
         )[0]
         if not count:
-            raise ScorecardError(
-                f"no final {_granularity_text(granularity_seconds)} window for slice {slice_name!r} in database "
+            raise KpisError(
+                f"no final {granularity_text(granularity_seconds)} window for slice {slice_name!r} in database "
                 f"{database} yet: windows become final once they close (plus the allowed lateness); "
                 "try again later, or pick an open window with --window-start",
                 EXIT_NO_DATA,
@@ -130,76 +60,68 @@ def fetch_scorecard(
     rows = client.execute(
         f"SELECT {', '.join(SELECT_COLUMNS)} FROM `{database}`.kpi "
         "WHERE granularity_seconds = %(g)s AND slice = %(s)s AND window_start = toDateTime(%(ws)s, 'UTC') "
-        f"ORDER BY {', '.join(DIMENSION_COLUMNS)}",
+        f"ORDER BY {', '.join(DIMENSIONS)}",
         params,
     )
     if not rows:
-        raise ScorecardError(
-            f"no {_granularity_text(granularity_seconds)} window starting {_iso(window_start)} "
+        raise KpisError(
+            f"no {granularity_text(granularity_seconds)} window starting {iso(window_start)} "
             f"for slice {slice_name!r} in database {database}",
             EXIT_NO_DATA,
         )
     records = [dict(zip(SELECT_COLUMNS, row)) for row in rows]
     for record in records:  # the driver drops trailing zeros of Decimals: show money with its 2 places
-        for column in ("revenue", "aov"):
-            if record[column] is not None:
-                record[column] = Decimal(record[column]).quantize(CENT)
+        for kpi in MONEY_KPIS:
+            if record[kpi.name] is not None:
+                record[kpi.name] = Decimal(record[kpi.name]).quantize(CENT)
     first = records[0]
     dims = slice_dimensions(slice_name)
     return {
         "granularity_seconds": granularity_seconds,
-        "granularity": _granularity_text(granularity_seconds),
+        "granularity": granularity_text(granularity_seconds),
         "slice": slice_name,
-        "window_start": _iso(first["window_start"]),
-        "window_end": _iso(first["window_end"]),
+        "window_start": iso(first["window_start"]),
+        "window_end": iso(first["window_end"]),
         "is_final": all(r["is_final"] == 1 for r in records),
         "rows": [_row(r, dims) for r in records],
     }
 
 
 def _row(record: dict, dims: tuple[str, ...]) -> dict:
-    derived = dict(record)
-    derived["nps_net"] = int(record["nps_promoters"]) - int(record["nps_detractors"])
-    derived["session_seconds"] = record["session_ms"] / 1000
     kpis = {}
-    for kpi in KPIS:
+    for kpi in VIEW_KPIS:
+        ratio = not kpi.additive
         kpis[kpi.name] = {
-            "value": derived[kpi.name],
-            "numerator": derived[kpi.numerator] if kpi.numerator else None,
-            "denominator": derived[kpi.denominator] if kpi.denominator else None,
+            "value": record[kpi.name],
+            "numerator": _numerator(kpi, record) if ratio else None,
+            "denominator": record[kpi.denominator_column] if ratio else None,
             "unit": kpi.unit,
         }
     return {
         "dimensions": {d: record[d] for d in dims},
         "is_final": record["is_final"] == 1,
         "partials": record["partials"],
-        "last_emitted_at": _iso(record["last_emitted_at"]),
+        "last_emitted_at": iso(record["last_emitted_at"]),
         "counters": {c: record[c] for c in COUNTERS},
         "kpis": kpis,
     }
 
 
+def _numerator(kpi: Kpi, record: dict):
+    """The numerator in the KPI's unit, without its scale (NPS: promoters - detractors); money exactly."""
+    if kpi.unit == "money":
+        return (Decimal(kpi.numerator_total(record)) / kpi.numerator_divisor).quantize(CENT)
+    return kpi.numerator_value(record)
+
+
 # --- output ------------------------------------------------------------------------------------------
-
-
-def _iso(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _granularity_text(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def _json_default(value):
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, dt.datetime):
-        return _iso(value)
+        return iso(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -239,7 +161,7 @@ def render_tables(card: dict, currency: str, console=None) -> None:
         table.add_column("value", justify="right")
         table.add_column("numerator", justify="right")
         table.add_column("denominator", justify="right")
-        for kpi in KPIS:
+        for kpi in VIEW_KPIS:
             item = row["kpis"][kpi.name]
             table.add_row(
                 kpi.label,
@@ -277,7 +199,7 @@ def run(args, settings) -> int:
     client = reader_client(settings)
     try:
         card = fetch_scorecard(client, database, granularity, args.slice, args.window_start)
-    except ScorecardError as exc:
+    except KpisError as exc:
         print(f"copulse kpis: {exc}", file=sys.stderr)
         return exc.exit_code
     except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
