@@ -4,7 +4,7 @@ streams/kpis.py (``COUNTERS``).
 A KPI is a ratio of counters (see :class:`Kpi`) or, without a denominator, an additive counter.
 
 Everything else derives from this table: the ``copulse kpis`` table (KPIs with ``in_view``), scorecard
-validation (known KPI ids, directions, which KPIs need ``per``), the VCI inputs (copulse/scorecard/index.py),
+validation (known KPI ids, the direction type, which KPIs need ``per``), the VCI inputs (copulse/scorecard/index.py),
 the Prometheus recording rules (deploy/prometheus/render_rules.py), the Grafana panels
 (deploy/grafana/build_dashboards.py) and the report. The SQL views (schemas/clickhouse/0004_kpi_views.sql)
 spell the same ratios in SQL; tests/test_kpi_catalogue.py checks that the view, the recording rules and
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-__all__ = ["CATALOGUE", "DIRECTIONS", "Direction", "Kpi", "SCORECARD_KPIS", "VIEW_KPIS", "format_value"]
+__all__ = ["CATALOGUE", "Direction", "Kpi", "SCORECARD_KPIS", "VIEW_KPIS", "format_value"]
 
 Direction = Literal["higher", "lower"]
-DIRECTIONS: tuple[Direction, ...] = ("higher", "lower")
 
 
 @dataclass(frozen=True)
