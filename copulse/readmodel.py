@@ -16,7 +16,7 @@ from copulse.settings import DIMENSIONS, slice_dimensions
 from streams.kpis import COUNTERS, epoch_seconds
 
 __all__ = ["RATIO_COLUMNS", "SELECT_COLUMNS", "dimension_filter", "epoch_seconds", "granularity_text", "iso",
-           "parse_window_start", "reader_client", "utc"]
+           "parse_window_start", "pooled_counters", "reader_client", "utc"]
 
 UTC = dt.UTC
 
@@ -43,6 +43,12 @@ def reader_client(settings) -> Client:
     kwargs["user"] = settings.clickhouse_readonly_user
     kwargs["password"] = settings.clickhouse_readonly_password.get_secret_value()
     return Client(**kwargs, connect_timeout=5, send_receive_timeout=60, sync_request_timeout=5)
+
+
+def pooled_counters(rows) -> dict[str, int]:
+    """Every counter summed over ``rows`` (kpi view rows as dicts): the KPIs of a range or of several windows
+    are the catalogue's formulas over these sums."""
+    return {counter: sum(int(row[counter]) for row in rows) for counter in COUNTERS}
 
 
 def dimension_filter(slice_name: str, value: str | None) -> tuple[str, dict]:

@@ -38,6 +38,7 @@ from copulse.readmodel import (
     granularity_text,
     iso,
     parse_window_start,
+    pooled_counters,
     reader_client,
     utc,
 )
@@ -153,13 +154,11 @@ def _products(rows: list[dict], card: Scorecard) -> list[ProductLine]:
     for product, prow in by_product.items():
         indexes = [score_row(card, r).index for r in prow]
         scored = [i for i in indexes if i is not None]
-        active = sum(int(r["active_consumers"]) for r in prow)
-        ratings = sum(int(r["ratings"]) for r in prow)
+        pooled = pooled_counters(prow)
         out.append(ProductLine(
             product, _category(prow), len(prow), len(scored), statistics.fmean(scored) if scored else None,
-            sum(int(r["participating_consumers"]) for r in prow) / active if active else None,
-            sum(int(r["rating_sum"]) for r in prow) / ratings if ratings else None,
-            sum(int(r["revenue_minor"]) for r in prow) / 100, sum(int(r["orders"]) for r in prow),
+            CATALOGUE["participation_rate"].value(pooled), CATALOGUE["csat_avg"].value(pooled),
+            CATALOGUE["revenue"].value(pooled), pooled["orders"],
         ))
     # rank only products with an index in at least half of their windows: one lucky window ranks nobody
     ranked = [p for p in out if p.index is not None and p.scored * 2 >= p.windows]
@@ -392,8 +391,8 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
     avg, low, _, n_scored = _stats(indexes)
     first = next((i for i in indexes if i is not None), None)
     latest = next((i for i in reversed(indexes) if i is not None), None)
-    revenue = sum(int(w.row["revenue_minor"]) for w in data.windows) / 100
-    orders = sum(int(w.row["orders"]) for w in data.windows)
+    pooled = pooled_counters([w.row for w in data.windows])
+    revenue, orders = CATALOGUE["revenue"].value(pooled), pooled["orders"]
     g = granularity_text(data.granularity)
     what = data.slice_name + (f" = {data.value}" if data.value else "")
     span = f"{iso(data.since)} – {iso(data.until)}"
