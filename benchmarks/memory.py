@@ -76,7 +76,8 @@ def events(n: int, hour_ms: int):
 
 def measure(n: int) -> dict:
     from copulse.settings import Settings
-    from streams.engine import SEP, SOURCE_INDEX, PartitionEngine
+    from streams.changelog import SEP
+    from streams.engine import SOURCE_INDEX, PartitionEngine
 
     settings = Settings()
     engine = PartitionEngine(0, settings)
@@ -99,13 +100,13 @@ def measure(n: int) -> dict:
     memberships = 0
     consumer_windows = 0
     for consumer in engine.consumers.values():
-        for entries in consumer["e"].values():
+        for entries in consumer.memberships.values():
             consumer_windows += 1
             memberships += len({k.rsplit(SEP, 1)[0] for k in entries})
     return {
         "consumers": n, "events": 2 * n, "rss_state": state, "memberships": memberships,
         "consumer_windows": consumer_windows, "bytes_per_membership": state / memberships if memberships else None,
-        "bytes_per_consumer": state / n, "open_windows": len(engine.windows), "aggregates": len(engine.aggs),
+        "bytes_per_consumer": state / n, "open_windows": len(engine.windows), "aggregates": len(engine.aggregates),
         "feed_seconds": feed_seconds, "events_per_s": 2 * n / feed_seconds,
     }
 

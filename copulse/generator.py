@@ -35,9 +35,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-import schemas as catalogue
 from streams import errors as R
 from streams.codec import HEADER, MAGIC_BYTE, encode
+from streams.schemas import schema_ids
+from streams.validation import CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ VALID, DUPLICATE, LATE, INVALID = "valid", "duplicate", "late", "invalid"
 #: the reason codes the generator can produce on purpose (all decode reasons)
 INVALID_REASONS: tuple[str, ...] = R.DECODE_REASONS
 
-CHANNELS = ("web", "app", "store", "call_center", "marketplace", "partner")
-CHANNEL_WEIGHTS = (35, 30, 15, 5, 10, 5)
+CHANNEL_WEIGHTS = (35, 30, 15, 5, 10, 5)  # in the order of CHANNELS
 DIGITAL = ("web", "app", "marketplace", "partner")
 REGIONS = ("DE", "FR", "NL", "ES", "IT", "PL", "SE", "AT")
 REGION_WEIGHTS = (30, 18, 10, 12, 12, 8, 5, 5)
@@ -221,7 +221,7 @@ class Simulation:
         self.recent: deque[GeneratedMessage] = deque(maxlen=512)  # recent valid messages (duplicates, late refs)
         self.ideas: deque[tuple[str, _Product]] = deque(maxlen=256)
         self.recent_buyers: deque[tuple[_Consumer, _Product, str]] = deque(maxlen=2048)
-        self.usage_ids = catalogue.schema_ids("usage")
+        self.usage_ids = schema_ids("usage")
         self._build_products()
         self._build_population()
 

@@ -38,11 +38,11 @@ from datetime import UTC, datetime
 from copulse.readmodel import parse_window_start
 from copulse.settings import duration_seconds, slice_dimensions
 from sinks.rows import EVENT_TABLES
-from streams.engine import DUPLICATE, FOLDED, LATE, WINDOW_CLOSED, PartitionEngine
+from streams.engine import Outcome, PartitionEngine
 from streams.errors import FUTURE_EVENT_TIME
 from streams.errors import WINDOW_CLOSED as WINDOW_CLOSED_REASON
 from streams.errors import DeadLetter, RetryableError
-from streams.batch import RawEvent
+from streams.batch import RawEvent, SinkBatch
 from streams.events import EVENT_TYPES, Event
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow, epoch_seconds
 
@@ -283,18 +283,18 @@ def recompute(settings, read: KafkaRead, messages: dict[tuple[str, int], list[Me
             rejected = excluded.get((topic, p, m.offset))
             in_range = m.event is not None and lo <= m.event.occurred_ms < hi
             if m.event is None:
-                engine.touch(m.etype, m.offset, now)
+                engine.skip(m.etype, m.offset, now)
                 out.outcomes["dead letter"] += 1
             elif rejected is not None:
-                engine.touch(m.etype, m.offset, now)
+                engine.skip(m.etype, m.offset, now)
                 out.outcomes[f"worker {rejected}"] += 1
                 if rejected == WINDOW_CLOSED_REASON and in_range:  # the worker kept it raw
-                    out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = (m.event, p, m.offset)
+                    out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = RawEvent(m.event, p, m.offset)
             else:
                 outcome = engine.process(m.event, m.offset, now)
                 out.outcomes[outcome] += 1
-                if outcome != DUPLICATE and in_range:
-                    out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = (m.event, p, m.offset)
+                if outcome != Outcome.DUPLICATE and in_range:
+                    out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = RawEvent(m.event, p, m.offset)
             fed += 1
             if fed % FLUSH_EVERY == 0:
                 _collect(out, engine.flush(now)[0])
@@ -425,7 +425,7 @@ def repair(settings, entries: list[Entry], missing_raw: dict[str, list], out=sys
         if e.status in (DIFFERS, MISSING):
             version = e.stored.version + 1 if e.stored is not None else e.expected.version
             rows.append(e.expected._replace(version=version, is_final=1, emitted_at=now))
-    events = [RawEvent(*x) for table in missing_raw.values() for x in table]
+    events = [raw for table in missing_raw.values() for raw in table]
     batch = SinkBatch(kpi_rows=rows, events=events)
     if len(batch):
         with ClickHouseSink(settings) as sink:
@@ -541,8 +541,8 @@ def _run(args, settings) -> int:
           f"{', '.join(gran_text(g) for g in grans)}, database {database}")
     print(f"read {n_read} records of {', '.join(read.topics.values())} ({len(read.partitions)} partitions) produced "
           f"since {iso(read_from_ms)} (--from minus the margin of {margin // 60} min) up to the end offsets at start")
-    print(f"recomputed: {o[FOLDED]} folded, {o[DUPLICATE]} duplicates, {o[LATE]} late, {o['dead letter']} dead "
-          "letters skipped" + (f", {o[WINDOW_CLOSED]} window_closed" if o[WINDOW_CLOSED] else ""))
+    print(f"recomputed: {o[Outcome.FOLDED]} folded, {o[Outcome.DUPLICATE]} duplicates, {o[Outcome.LATE]} late, {o['dead letter']} dead "
+          "letters skipped" + (f", {o[Outcome.WINDOW_CLOSED]} window_closed" if o[Outcome.WINDOW_CLOSED] else ""))
     print(f"left out as the worker did (its decisions depended on its wall clock, see table rejected): "
           f"{o['worker ' + WINDOW_CLOSED_REASON]} late with reason window_closed (an idle watermark had closed "
           f"their window), {o['worker ' + FUTURE_EVENT_TIME]} dead-lettered as future_event_time")

@@ -27,13 +27,17 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from streams.schemas import SCHEMAS_DIR
+
 log = logging.getLogger(__name__)
+
+#: the migration files, shipped in the schemas/ data folder
+CLICKHOUSE_DIR = SCHEMAS_DIR / "clickhouse"
 
 #: First server version on which the modern clauses ({{lc:T}} -> LowCardinality) are rendered.
 MODERN_SINCE: tuple[int, int] = (20, 3)
@@ -81,11 +85,8 @@ class Migration:
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:
-    """All migration files of ``directory`` (default: the packaged schemas/clickhouse) in version order."""
-    if directory is None:
-        files = [f for f in resources.files("schemas").joinpath("clickhouse").iterdir() if f.name.endswith(".sql")]
-    else:
-        files = sorted(Path(directory).glob("*.sql"))
+    """All migration files of ``directory`` (default: :data:`CLICKHOUSE_DIR`) in version order."""
+    files = sorted(Path(directory or CLICKHOUSE_DIR).glob("*.sql"))
     migrations: dict[int, Migration] = {}
     for file in files:
         match = _FILE_NAME.match(file.name)

@@ -7,7 +7,7 @@ Wire format of every message value::
     bytes 5-    Avro binary encoding of exactly one record (no container header, no trailing bytes)
 
 The decoder looks writer schemas up by id (Schema Registry ``GET /schemas/ids/{id}`` when
-``COPULSE_SCHEMA_REGISTRY_URL`` is set, else the shipped catalogue in :mod:`schemas`), and reads every
+``COPULSE_SCHEMA_REGISTRY_URL`` is set, else the shipped catalogue in :mod:`streams.schemas`), and reads every
 body with writer -> reader schema resolution, the reader being the newest shipped version of the event
 type. Parsed schemas are cached per id, so steady-state decoding never parses or fetches a schema.
 """
@@ -26,13 +26,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
-import fastavro
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-import schemas as catalogue
+from streams import schemas as catalogue
 from streams.errors import (
     BAD_MAGIC_BYTE,
     UNDECODABLE,
@@ -154,40 +152,33 @@ class WriterSchema:
     version: int | None = None  # shipped version, if known
 
 
-def _enum_symbols(schema: Any, out: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
-    """Collect full name -> symbols of every enum inside a raw or parsed schema."""
-    if isinstance(schema, list):
-        for branch in schema:
-            _enum_symbols(branch, out)
-    elif isinstance(schema, dict):
-        kind = schema.get("type")
-        if kind == "enum":
-            name = schema.get("name", "")
-            if "." not in name and schema.get("namespace"):
-                name = f"{schema['namespace']}.{name}"
-            out[name] = frozenset(schema.get("symbols", ()))
-        elif kind == "record" or kind == "error":
-            for f in schema.get("fields", ()):
-                _enum_symbols(f.get("type"), out)
-        elif kind == "array":
-            _enum_symbols(schema.get("items"), out)
-        elif kind == "map":
-            _enum_symbols(schema.get("values"), out)
-        elif isinstance(kind, (dict, list)):
-            _enum_symbols(kind, out)
-    return out
+def parse_with_named_types(schema: Any) -> tuple[Any, dict[str, dict]]:
+    """(fastavro-parsed schema, full name -> parsed definition of every named type inside it).
+
+    Parsed schemas spell every named type by its full name, so no namespace bookkeeping is needed.
+    """
+    named_types: dict[str, dict] = {}
+    return parse_schema(schema, named_schemas=named_types), named_types
 
 
-def _type_names(schema: Any, namespace: str) -> list[str]:
-    """Full names of the named types a field type is or (as a union) contains, one level deep."""
-    branches = schema if isinstance(schema, list) else [schema]
-    names = []
-    for b in branches:
-        if isinstance(b, dict) and b.get("type") == "enum":
-            b = b.get("name", "") if "." in b.get("name", "") else f"{b.get('namespace', namespace)}.{b.get('name', '')}"
-        if isinstance(b, str):
-            names.append(b if "." in b else f"{namespace}.{b}")
-    return names
+def _unknown_enum_symbols(
+    writer: dict, writer_types: Mapping[str, dict], reader_types: Mapping[str, dict]
+) -> dict[str, frozenset[str]]:
+    """Top-level field -> the symbols of its writer enum that the reader's enum of that name lacks."""
+    extra_by_enum = {}
+    for name, definition in writer_types.items():
+        if definition["type"] == "enum":
+            extra = frozenset(definition["symbols"]) - frozenset(reader_types.get(name, {}).get("symbols", ()))
+            if extra:
+                extra_by_enum[name] = extra
+    unknown_symbols = {}
+    for f in writer.get("fields", ()):
+        branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        for branch in branches:
+            name = branch.get("name") if isinstance(branch, dict) else branch
+            if name in extra_by_enum:
+                unknown_symbols[f["name"]] = extra_by_enum[name]
+    return unknown_symbols
 
 
 class Decoder:
@@ -304,7 +295,7 @@ class Decoder:
 
     def _build(self, schema_id: int, raw: dict, version: int | None) -> WriterSchema:
         try:
-            writer = parse_schema(raw)
+            writer, writer_types = parse_with_named_types(raw)
         except Exception as exc:  # noqa: BLE001 - a schema we cannot use is the producer's problem
             raise DeadLetter(
                 UNKNOWN_SCHEMA_ID, f"schema id {schema_id} is not a valid Avro schema ({exc}); fix the registered schema"
@@ -317,18 +308,8 @@ class Decoder:
             if writer == reader:
                 reader = None  # identical: plain read, no resolution
             else:
-                writer_enums = _enum_symbols(raw, {})
-                reader_enums = _enum_symbols(catalogue.reader_schema(event_type), {})
-                extra_by_enum = {
-                    name: symbols - reader_enums.get(name, frozenset())
-                    for name, symbols in writer_enums.items()
-                    if symbols - reader_enums.get(name, frozenset())
-                }
-                namespace = raw.get("namespace", "")
-                for f in raw.get("fields", ()):
-                    for name in _type_names(f.get("type"), namespace):
-                        if name in extra_by_enum:
-                            unknown_symbols[f["name"]] = frozenset(extra_by_enum[name])
+                _, reader_types = parse_with_named_types(catalogue.reader_schema(event_type))
+                unknown_symbols = _unknown_enum_symbols(writer, writer_types, reader_types)
         return WriterSchema(schema_id, event_type, writer, reader, unknown_symbols, version)
 
     # ---------------------------------------------------------------------------------- decoding
@@ -391,48 +372,3 @@ class Decoder:
                     f"field {name!r} has enum symbol {v!r} that the reader schema does not know; "
                     "new enum symbols break FULL_TRANSITIVE compatibility, send one of the reader's symbols",
                 )
-
-
-def fastavro_version() -> str:
-    return fastavro.__version__
-
-
-def _bench(n: int = 200_000) -> None:
-    """``python -m streams.codec [N]``: decode rate on one core (shipped catalogue, mixed types/versions)."""
-    from datetime import datetime
-    from decimal import Decimal
-
-    from copulse.settings import Settings
-    from streams.validation import decode_event
-
-    settings = Settings(schema_registry_url=None)
-    at = datetime.now(UTC).replace(microsecond=0)
-    common = {"consumer_id": "c-42", "occurred_at": at, "channel": "app", "region": "DE", "segment": "loyal"}
-    samples = [
-        (settings.topic_purchases, encode("purchase", {**common, "event_id": "e1", "order_id": "o-1", "product_id": "AUD-001",
-                                                       "category": "audio", "quantity": 2, "amount": Decimal("259.80"), "currency": settings.currency})),
-        (settings.topic_usage, encode("usage", {**common, "event_id": "e2", "session_id": "s-1", "action": "feature_use", "feature": "search",
-                                                "product_id": "AUD-001", "category": "audio", "co_creation": False, "app_version": "5.4.0"})),
-        (settings.topic_usage, encode(201, {**common, "event_id": "e3", "session_id": "s-1", "action": "session_end", "product_id": "AUD-001",
-                                            "category": "audio", "duration_ms": 61_000, "co_creation": False})),
-        (settings.topic_feedback, encode("feedback", {**common, "event_id": "e4", "kind": "nps", "score": 9, "product_id": "AUD-001",
-                                                      "category": "audio"})),
-    ]  # fmt: skip
-    decoder = Decoder(settings)
-    now_ms = int(time.time() * 1000)
-    for label, fn in (
-        ("Decoder.decode", lambda topic, value: decoder.decode(value)),
-        ("decode_event (decode + validate + Event)", lambda topic, value: decode_event(decoder, settings, topic, b"c-42", value, now_ms)),
-    ):
-        started = time.perf_counter()
-        for i in range(n):
-            topic, value = samples[i & 3]
-            fn(topic, value)
-        elapsed = time.perf_counter() - started
-        print(f"{label}: {n / elapsed:,.0f} msgs/s ({elapsed / n * 1e6:.1f} us/msg, fastavro {fastavro_version()})")
-
-
-if __name__ == "__main__":
-    import sys
-
-    _bench(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)

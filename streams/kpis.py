@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from copulse.settings import DIMENSIONS
+from streams.events import Event
 
 #: Additive counters of one window aggregate, in ClickHouse column order (all UInt64 except revenue).
 COUNTERS: tuple[str, ...] = (
@@ -96,6 +97,65 @@ def kpi_row(**values: Any) -> KpiRow:
     for column in _DATETIME_COLUMNS:
         full[column] = epoch_seconds(full[column])
     return KpiRow(**full)
+
+
+#: Membership tags: the distinct counters an event can claim for its consumer in a window aggregate. The short
+#: strings are part of the changelog's membership keys (streams/changelog.py): never change them.
+ACTIVE, PARTICIPATING, PURCHASER, FEATURE_USER = "a", "p", "b", "f"
+ORDER = "o:"  # + order_id: one membership per order -> orders
+#: tag (or tag prefix) -> the distinct counter it feeds
+DISTINCT_COUNTER = {ACTIVE: "active_consumers", PARTICIPATING: "participating_consumers", PURCHASER: "purchasers",
+                    FEATURE_USER: "feature_users", ORDER[0]: "orders"}
+
+COUNTER_INDEX = {name: i for i, name in enumerate(COUNTERS)}
+_I = COUNTER_INDEX
+
+
+def contributions(event: Event) -> tuple[list[tuple[int, int]], list[str]]:
+    """What one event adds to every aggregate it belongs to: (counter index, increment) pairs of the additive
+    counters, and the membership tags it claims (each counted once per consumer, or per order, and window)."""
+    rec = event.record
+    deltas = [(_I["events"], 1)]
+    tags = [ACTIVE]
+    if event.type == "purchase":
+        deltas.append((_I["revenue_minor"], int(rec["amount"].scaleb(2))))
+        tags += [PURCHASER, ORDER + rec["order_id"]]
+    elif event.type == "usage":
+        action = rec["action"]
+        if rec.get("co_creation"):
+            deltas.append((_I["co_creation_actions"], 1))
+            tags.append(PARTICIPATING)
+        if action == "session_start":
+            deltas.append((_I["sessions"], 1))
+        elif action == "session_end" and rec.get("duration_ms") is not None:
+            deltas += [(_I["sessions_timed"], 1), (_I["session_ms"], int(rec["duration_ms"]))]
+        elif action == "feature_use":
+            deltas.append((_I["feature_uses"], 1))
+            tags.append(FEATURE_USER)
+    else:  # feedback
+        kind, score = rec["kind"], rec.get("score")
+        if kind == "survey_invited":
+            deltas.append((_I["surveys_invited"], 1))
+        else:
+            deltas.append((_I["co_creation_actions"], 1))
+            tags.append(PARTICIPATING)
+        if kind == "survey_response":
+            deltas.append((_I["survey_responses"], 1))
+        elif kind == "idea":
+            deltas.append((_I["ideas_submitted"], 1))
+        elif kind == "rating":
+            deltas += [(_I["ratings"], 1), (_I["rating_sum"], score), (_I["ratings_satisfied"], int(score >= 4))]
+        elif kind == "nps":
+            deltas += [(_I["nps_responses"], 1), (_I["nps_promoters"], int(score >= 9)),
+                       (_I["nps_detractors"], int(score <= 6))]
+    return deltas, tags
+
+
+def dimension_values(event: Event) -> tuple:
+    """The event's value of every dimension, in DIMENSIONS order (None: the event has none, e.g. the feature of
+    a purchase; a slice grouping by it leaves the event out)."""
+    return (event.channel, event.region, event.category, event.segment or "unknown", event.product_id,
+            event.record.get("feature") if event.type == "usage" else None)
 
 
 def revenue_decimal(minor: int) -> Decimal:

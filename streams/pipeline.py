@@ -22,9 +22,9 @@ from copulse.settings import Settings
 from streams.batch import RawEvent, Reject, Sink, SinkBatch
 from streams import metrics
 from streams.codec import Decoder
-from streams.engine import FOLDED, LATE, SOURCE_KEY, PartitionEngine
+from streams import changelog
+from streams.engine import SOURCE_KEY, Outcome, PartitionEngine
 from streams.kpis import KpiRow
-from streams.engine import WINDOW_CLOSED as CLOSED
 from streams.kpi_metrics import KpiExporter
 from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
 from streams.broker_health import BrokerHealth
@@ -33,7 +33,7 @@ from streams.validation import decode_event
 log = logging.getLogger(__name__)
 
 #: engine outcome of a valid event that is not folded because it is late -> reason on copulse.late
-LATE_REASONS = {LATE: LATE_EVENT, CLOSED: WINDOW_CLOSED}
+LATE_REASONS = {Outcome.LATE: LATE_EVENT, Outcome.WINDOW_CLOSED: WINDOW_CLOSED}
 
 
 class Pipeline:
@@ -77,7 +77,7 @@ class Pipeline:
     # ------------------------------------------------------------------ partitions
     def restore(self, partition: int, records: list[tuple[str, bytes]]) -> PartitionEngine:
         engine = self.engines[partition] = PartitionEngine(partition, self.settings)
-        engine.restore(records)
+        engine.restore(changelog.decode(records))
         log.info("partition %d: state restored (%d open windows, %d consumers)",
                  partition, len(engine.windows), len(engine.consumers))
         return engine
@@ -130,7 +130,7 @@ class Pipeline:
             except RetryableError as exc:
                 event = await self._decode(topic, msg.key, msg.value, now, exc)
             if isinstance(event, DeadLetter):
-                engine.touch(event_type, offset, now)
+                engine.skip(event_type, offset, now)
                 await self._reject("dlq", event, topic, partition, offset, msg.key, msg.value, now)
                 metrics.DEAD_LETTERED.labels(topic, event.reason).inc()
                 continue
@@ -139,7 +139,7 @@ class Pipeline:
             if processed is None:
                 processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
             processed.inc()
-            if outcome == FOLDED:
+            if outcome == Outcome.FOLDED:
                 self.raw.append(RawEvent(event, partition, offset))
                 if event.occurred_ms > self.max_event_ms:
                     self.max_event_ms = event.occurred_ms

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from streams.codec import Decoder
-from streams.errors import (  # noqa: F401 - dead_letter_headers is re-exported for the worker
+from streams.errors import (
     FUTURE_EVENT_TIME,
     INVALID_FIELD,
     KEY_MISMATCH,
@@ -37,12 +37,11 @@ from streams.errors import (  # noqa: F401 - dead_letter_headers is re-exported 
     WRONG_EVENT_TYPE,
     DeadLetter,
     RetryableError,
-    dead_letter_headers,
 )
 from streams.events import Event
 
 #: the channels copulse knows; anything else is dead-lettered as unknown_enum
-CHANNELS = frozenset({"web", "app", "store", "call_center", "marketplace", "partner"})
+CHANNELS = ("web", "app", "store", "call_center", "marketplace", "partner")
 
 #: feedback kind -> (min, max, required). Kinds not listed: score optional, 0..10 when present.
 SCORE_RULES: dict[str, tuple[int, int, bool]] = {

@@ -17,6 +17,7 @@ offset applied. Its watermark is ``max_ts - allowed_lateness``.
 
 Because min(active) <= own watermark, an on-time event can never find its window closed — except after
 idleness, which is the one case where an event is late because its window already closed (``window_closed``).
+``Watermarks.lateness`` makes both decisions; the engine only asks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NEG_INF = -(2**62)
+
+LATE, WINDOW_CLOSED = "late", "window_closed"  # the two ways an event can be too late (see above)
 
 
 @dataclass(slots=True)
@@ -37,7 +40,9 @@ class SourceClock:
 
 
 class Watermarks:
-    def __init__(self, lateness_ms: int, idle_timeout_s: float, sources: tuple[str, ...] = ()) -> None:
+    def __init__(self, window_sizes_ms: list[int], lateness_ms: int, idle_timeout_s: float,
+                 sources: tuple[str, ...] = ()) -> None:
+        self.window_sizes_ms = sorted(window_sizes_ms)
         self.lateness_ms = lateness_ms
         self.idle_timeout_s = idle_timeout_s
         # Every expected source starts active: one that has delivered nothing yet holds the watermark
@@ -51,8 +56,21 @@ class Watermarks:
             clock = self.sources[topic] = SourceClock()
         return clock
 
-    def own(self, topic: str) -> int:
+    def own_watermark(self, topic: str) -> int:
         return self.clock(topic).watermark(self.lateness_ms)
+
+    def lateness(self, clock: SourceClock, ts: int) -> str | None:
+        """None for an event (of ``clock``'s source partition, event time ``ts``) that is on time; LATE when its
+        finest window ends at or before its own source partition's watermark; WINDOW_CLOSED when one of its
+        windows has already closed by the combined watermark (only possible after idleness)."""
+        finest = self.window_sizes_ms[0]
+        if ts - ts % finest + finest <= clock.watermark(self.lateness_ms):
+            return LATE
+        combined = self.combined
+        for g in self.window_sizes_ms:
+            if ts - ts % g + g <= combined:
+                return WINDOW_CLOSED
+        return None
 
     def observe(self, topic: str, offset: int, ts: int, now: float) -> None:
         clock = self.clock(topic)
@@ -61,7 +79,7 @@ class Watermarks:
             clock.max_ts = ts
         clock.last_seen = now
 
-    def touch(self, topic: str, offset: int, now: float) -> None:
+    def progress(self, topic: str, offset: int, now: float) -> None:
         """A message that is not folded (dead letter, late) still counts as activity and progress."""
         clock = self.clock(topic)
         clock.offset = max(clock.offset, offset)

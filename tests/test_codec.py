@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from helpers_events import feedback, purchase, usage, usage_v1
 
-import schemas
+from streams import schemas
 from streams.codec import HEADER_SIZE, Decoder, encode, frame, split_frame
 from streams.errors import DeadLetter, RetryableError
 

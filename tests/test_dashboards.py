@@ -179,7 +179,7 @@ def populate(settings) -> dict:
     from streams.batch import RawEvent, Reject, SinkBatch
     from sinks.migrations import migrate
     from streams.codec import Decoder
-    from streams.engine import DUPLICATE, FOLDED, REPLAYED, PartitionEngine
+    from streams.engine import Outcome, PartitionEngine
     from streams.errors import DeadLetter
     from streams.validation import decode_event
 
@@ -216,7 +216,7 @@ def populate(settings) -> dict:
         try:
             event = decode_event(decoder, settings, msg.topic, msg.key, msg.value, wall_ms)
         except DeadLetter as dead:
-            engines[partition].touch(msg.type if msg.type in ("purchase", "usage", "feedback") else "feedback",
+            engines[partition].skip(msg.type if msg.type in ("purchase", "usage", "feedback") else "feedback",
                                      offset, clock)
             batch.rejects.append(Reject("dlq", dead.reason, msg.topic, partition, offset, msg.key, len(msg.value),
                                         int(clock * 1000)))
@@ -225,9 +225,9 @@ def populate(settings) -> dict:
         clock = max(clock, event.occurred_ms / 1000 + 2)
         outcome = engines[partition].process(event, offset, clock)
         stats[outcome] += 1
-        if outcome == FOLDED:
+        if outcome == Outcome.FOLDED:
             batch.events.append(RawEvent(event, partition, offset))
-        elif outcome not in (DUPLICATE, REPLAYED):
+        elif outcome not in (Outcome.DUPLICATE, Outcome.REPLAYED):
             batch.events.append(RawEvent(event, partition, offset))
             batch.rejects.append(Reject("late", "late_event" if outcome == "late" else outcome, msg.topic, partition,
                                         offset, msg.key, len(msg.value), int(clock * 1000)))

@@ -12,7 +12,10 @@ from decimal import Decimal
 import pytest
 
 from copulse.settings import Settings, slice_dimensions
-from streams.engine import DUPLICATE, FOLDED, LATE, REPLAYED, PartitionEngine
+from streams import changelog
+from streams.engine import Outcome, PartitionEngine
+
+FOLDED, LATE, DUPLICATE, REPLAYED = Outcome.FOLDED, Outcome.LATE, Outcome.DUPLICATE, Outcome.REPLAYED
 from streams.events import Event
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, epoch_seconds
 from tests.oracle import expected_kpis
@@ -107,7 +110,7 @@ class Harness:
 
     def restart(self) -> None:
         self.engine = PartitionEngine(self.partition, self.settings)
-        self.engine.restore(self.changelog.items())
+        self.engine.restore(changelog.decode(self.changelog.items()))
 
     def run(self, msgs: list[dict], crashes: int) -> None:
         by_type = defaultdict(list)
@@ -289,7 +292,7 @@ def test_source_without_data_holds_the_watermark_until_idle():
 
 def test_every_late_outcome_has_a_dead_letter_reason():
     """The worker turns the engine's late outcomes into copulse.late reasons: each must be a known code."""
-    from streams.engine import WINDOW_CLOSED
+    WINDOW_CLOSED = Outcome.WINDOW_CLOSED
     from streams.errors import DeadLetter
     from streams.pipeline import LATE_REASONS
 

@@ -222,7 +222,7 @@ def test_recompute_equals_the_oracle_and_leaves_out_what_the_worker_rejected():
     def summed(finals: dict) -> dict:
         out: dict = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
         for row in finals.values():
-            ws = int(row[1].replace(tzinfo=UTC).timestamp() * 1000)
+            ws = row.window_start * 1000
             values = tuple(row[KEY_COLUMNS.index(d)] for d in slice_dimensions(row[2]))
             for i, c in enumerate(COUNTERS):
                 out[(row[0], ws, row[2], values)][c] += row[EVENTS + i]

@@ -33,7 +33,7 @@ def populate(settings: Settings, hours: int = HOURS, rate: float = 6.0) -> None:
     from streams.batch import RawEvent, SinkBatch
     from sinks.migrations import migrate
     from streams.codec import Decoder
-    from streams.engine import FOLDED, PartitionEngine
+    from streams.engine import Outcome, PartitionEngine
     from streams.errors import DeadLetter
     from streams.validation import decode_event
 
@@ -66,7 +66,7 @@ def populate(settings: Settings, hours: int = HOURS, rate: float = 6.0) -> None:
         except DeadLetter:
             continue
         clock = max(clock, event.occurred_ms / 1000 + 2)
-        if engines[partition].process(event, offset, clock) == FOLDED:
+        if engines[partition].process(event, offset, clock) == Outcome.FOLDED:
             batch.events.append(RawEvent(event, partition, offset))
         if i % 2000 == 1999:
             flush(clock)

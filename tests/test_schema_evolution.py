@@ -4,7 +4,7 @@
   committed. The current reader must decode every one of them, forever. They were written by
   :func:`write_golden_samples` -- run ``python tests/test_schema_evolution.py --write-golden`` ONLY when a
   new schema version is added (it refuses to overwrite existing files, old samples never change).
-* ``check_full_transitive`` accepts the shipped versions and rejects breaking changes.
+* ``check_full_transitive`` (tests/avro_compat.py) accepts the shipped versions and rejects breaking changes.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from avro_compat import check_full_transitive
 
-import schemas
-from schemas import CATALOGUE, GOLDEN_DIR, check_full_transitive, load_schema
+from streams import schemas
 from streams.codec import Decoder, encode
+from streams.schemas import CATALOGUE, SCHEMAS_DIR, load_schema
+
+GOLDEN_DIR = SCHEMAS_DIR / "golden"
 
 T = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 

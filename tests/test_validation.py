@@ -8,8 +8,7 @@ from decimal import Decimal
 import pytest
 from helpers_events import NOW_MS, feedback, purchase, unit_settings, usage, usage_v1
 
-import schemas
-from streams import errors
+from streams import errors, schemas
 from streams.codec import HEADER_SIZE, Decoder, encode, frame
 from streams.errors import DeadLetter, RetryableError, dead_letter_headers
 from streams.events import Event
