@@ -16,7 +16,15 @@ from decimal import Decimal
 
 from clickhouse_driver import errors as ch_errors
 
-from copulse.readmodel import SELECT_COLUMNS, granularity_text, iso, parse_window_start, reader_client
+from copulse.readmodel import (
+    SELECT_COLUMNS,
+    UNREACHABLE,
+    clickhouse_problem,
+    granularity_text,
+    iso,
+    parse_window_start,
+    reader_client,
+)
 from copulse.scorecard.catalogue import VIEW_KPIS, Kpi, format_value
 from copulse.settings import DIMENSIONS, duration_seconds, slice_dimensions
 from streams.kpis import COUNTERS
@@ -193,33 +201,14 @@ def run(args, settings) -> int:
     except ValueError as exc:
         print(f"copulse kpis: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    kwargs = settings.clickhouse
-    where = f"{kwargs['host']}:{kwargs['port']}"
-    database = kwargs["database"]
     client = reader_client(settings)
     try:
-        card = fetch_scorecard(client, database, granularity, args.slice, args.window_start)
+        card = fetch_scorecard(client, settings.clickhouse["database"], granularity, args.slice, args.window_start)
     except KpisError as exc:
         print(f"copulse kpis: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
-        print(
-            f"copulse kpis: ClickHouse is unreachable at {where} ({str(exc).splitlines()[0]}); start it with `make up`",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    except ch_errors.ServerException as exc:
-        first = exc.message.strip().splitlines()[0]
-        if exc.code in (60, 81):  # UNKNOWN_TABLE, UNKNOWN_DATABASE
-            hint = "run `copulse db migrate`"
-        elif exc.code in (192, 193, 194, 516):
-            hint = (
-                f"check COPULSE_CLICKHOUSE_READONLY_USER ({settings.clickhouse_readonly_user}) and its password "
-                "(deploy/clickhouse/users.xml)"
-            )
-        else:
-            hint = "see the ClickHouse server log"
-        print(f"copulse kpis: ClickHouse at {where} refused the query ({first}); {hint}", file=sys.stderr)
+    except (ch_errors.ServerException, *UNREACHABLE) as exc:
+        print(f"copulse kpis: {clickhouse_problem(exc, settings)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         client.disconnect()

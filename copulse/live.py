@@ -33,7 +33,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from copulse.readmodel import SELECT_COLUMNS, dimension_filter, granularity_text, reader_client, utc
+from copulse.readmodel import (
+    NOT_MIGRATED_CODES,
+    SELECT_COLUMNS,
+    dimension_filter,
+    granularity_text,
+    reader_client,
+    utc,
+)
 from copulse.scorecard.catalogue import CATALOGUE, format_value
 from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard
 from copulse.scorecard.index import score_row
@@ -454,7 +461,7 @@ def run(args, settings) -> int:
             state = fetch_state(holder["client"], database, card, granularity, args.slice, args.value)
         except ch_errors.ServerException as exc:
             first = exc.message.strip().splitlines()[0]
-            hint = " (run `copulse db migrate`)" if exc.code in (60, 81) else ""
+            hint = " (run `copulse db migrate`)" if exc.code in NOT_MIGRATED_CODES else ""
             state.error = f"ClickHouse at {where} refused the query: {first}{hint}"
         except Exception as exc:  # noqa: BLE001 - unreachable, timeouts: show and retry next refresh
             state.error = f"ClickHouse unreachable at {where} ({str(exc).splitlines()[0] if str(exc) else exc!r}); " \

@@ -1,7 +1,8 @@
 """The read model every read-side client shares (``copulse kpis``, ``live``, ``report``, ``reconcile``, the
-VCI scoring job): the ClickHouse reader client, the columns selected from the ``kpi`` / ``kpi_final`` views
-(schemas/clickhouse/0004_kpi_views.sql), the dimension filter of one slice value, and time helpers (window
-start parsing, UTC, ISO text, granularity text). Epoch seconds come from ``streams.kpis.epoch_seconds``.
+VCI scoring job): the ClickHouse reader client and what its failures mean, the columns selected from the
+``kpi`` / ``kpi_final`` views (schemas/clickhouse/0004_kpi_views.sql), the dimension filter of one slice
+value, counters pooled over windows, and time helpers (window start parsing, UTC, ISO text, granularity
+text). Epoch seconds come from ``streams.kpis.epoch_seconds``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import argparse
 import datetime as dt
 
 from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
 
 from copulse.scorecard.catalogue import VIEW_KPIS
 from copulse.settings import DIMENSIONS, slice_dimensions
 from streams.kpis import COUNTERS, epoch_seconds
 
-__all__ = ["RATIO_COLUMNS", "SELECT_COLUMNS", "dimension_filter", "epoch_seconds", "granularity_text", "iso",
-           "parse_window_start", "pooled_counters", "reader_client", "utc"]
+__all__ = ["NOT_MIGRATED_CODES", "RATIO_COLUMNS", "SELECT_COLUMNS", "UNREACHABLE", "clickhouse_problem",
+           "dimension_filter", "epoch_seconds", "granularity_text", "iso", "parse_window_start", "pooled_counters",
+           "reader_client", "utc"]
 
 UTC = dt.UTC
 
@@ -43,6 +46,29 @@ def reader_client(settings) -> Client:
     kwargs["user"] = settings.clickhouse_readonly_user
     kwargs["password"] = settings.clickhouse_readonly_password.get_secret_value()
     return Client(**kwargs, connect_timeout=5, send_receive_timeout=60, sync_request_timeout=5)
+
+
+#: what a lost or never made connection to ClickHouse raises
+UNREACHABLE = (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError)
+#: server error codes: no such table / database (not migrated), and authentication of the reader
+NOT_MIGRATED_CODES = (60, 81)
+_AUTHENTICATION_CODES = (192, 193, 194, 516)
+
+
+def clickhouse_problem(exc: BaseException, settings) -> str:
+    """One line on a failed read (``ch_errors.ServerException`` or one of ``UNREACHABLE``) and what to do."""
+    where = f"{settings.clickhouse['host']}:{settings.clickhouse['port']}"
+    if not isinstance(exc, ch_errors.ServerException):
+        return f"ClickHouse is unreachable at {where} ({str(exc).splitlines()[0]}); start it with `make up`"
+    first = exc.message.strip().splitlines()[0]
+    if exc.code in NOT_MIGRATED_CODES:
+        hint = "run `copulse db migrate`"
+    elif exc.code in _AUTHENTICATION_CODES:
+        hint = (f"check COPULSE_CLICKHOUSE_READONLY_USER ({settings.clickhouse_readonly_user}) and its password "
+                "(deploy/clickhouse/users.xml)")
+    else:
+        hint = "see the ClickHouse server log"
+    return f"ClickHouse at {where} refused the query ({first}); {hint}"
 
 
 def pooled_counters(rows) -> dict[str, int]:

@@ -34,6 +34,8 @@ from clickhouse_driver import errors as ch_errors
 
 from copulse.readmodel import (
     SELECT_COLUMNS,
+    UNREACHABLE,
+    clickhouse_problem,
     dimension_filter,
     granularity_text,
     iso,
@@ -543,7 +545,6 @@ def run(args, settings) -> int:
     except (ScorecardError, ValueError) as exc:
         print(f"copulse report: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    where = f"{settings.clickhouse['host']}:{settings.clickhouse['port']}"
     client = reader_client(settings)
     out = Path(args.out)
     try:
@@ -561,14 +562,8 @@ def run(args, settings) -> int:
     except ReportError as exc:
         print(f"copulse report: {exc}", file=sys.stderr)
         return exc.exit_code
-    except ch_errors.ServerException as exc:
-        first = exc.message.strip().splitlines()[0]
-        hint = "run `copulse db migrate`" if exc.code in (60, 81) else "see the ClickHouse server log"
-        print(f"copulse report: ClickHouse at {where} refused the query ({first}); {hint}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
-        print(f"copulse report: ClickHouse is unreachable at {where} ({str(exc).splitlines()[0]}); start it with "
-              "`make up`", file=sys.stderr)
+    except (ch_errors.ServerException, *UNREACHABLE) as exc:
+        print(f"copulse report: {clickhouse_problem(exc, settings)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         client.disconnect()

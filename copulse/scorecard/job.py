@@ -38,7 +38,7 @@ from clickhouse_driver import Client
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import CollectorRegistry
 
-from copulse.readmodel import SELECT_COLUMNS, granularity_text, parse_window_start
+from copulse.readmodel import NOT_MIGRATED_CODES, SELECT_COLUMNS, granularity_text, parse_window_start
 from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard, scorecard_path
 from copulse.scorecard.exporter import VciExporter
 from copulse.scorecard.index import VciResult, score_row
@@ -297,7 +297,7 @@ def run(args, settings) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, then exit 1
         where = f"{settings.clickhouse['host']}:{settings.clickhouse['port']}"
         first = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
-        hint = "run `copulse db migrate`" if getattr(exc, "code", None) in (60, 81) else "is it up? (`make up`)"
+        hint = "run `copulse db migrate`" if getattr(exc, "code", None) in NOT_MIGRATED_CODES else "is it up? (`make up`)"
         print(f"copulse vci score: ClickHouse at {where}: {first}; {hint}", file=sys.stderr)
         return 1
     finally:
