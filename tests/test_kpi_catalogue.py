@@ -116,6 +116,12 @@ def _recording_rules() -> dict[str, str]:
     return {rule["record"]: rule["expr"] for group in groups for rule in group["rules"]}
 
 
+def test_catalogue_formulas_name_counters():
+    for kpi in CATALOGUE.values():
+        assert {counter for _, counter in kpi.numerator_terms} <= set(COUNTERS), kpi
+        assert kpi.denominator is None or kpi.denominator in COUNTERS, kpi
+
+
 def test_recording_rules_are_the_catalogue_kpis_of_the_view():
     ratios = {name.removeprefix("copulse:kpi_") for name in _recording_rules() if not name.endswith((":sum", ":max"))}
     assert ratios == {k.name for k in VIEW_KPIS if k.name not in COUNTERS}

@@ -4,8 +4,8 @@ streams/kpis.py (``COUNTERS``).
 A KPI is a ratio of counters (see :class:`Kpi`) or, without a denominator, an additive counter.
 
 Everything else derives from this table: the ``copulse kpis`` table (KPIs with ``in_view``), scorecard
-validation (known KPI ids, the direction type, which KPIs need ``per``), the VCI inputs (copulse/scorecard/index.py),
-the Prometheus recording rules (deploy/prometheus/render_rules.py), the Grafana panels
+validation (known KPI ids, the direction type, which KPIs need ``per``), the VCI inputs
+(copulse/scorecard/index.py), the Prometheus recording rules (deploy/prometheus/render_rules.py), the Grafana panels
 (deploy/grafana/build_dashboards.py) and the report. The SQL views (schemas/clickhouse/0004_kpi_views.sql)
 spell the same ratios in SQL; tests/test_kpi_catalogue.py checks that the view, the recording rules and
 :meth:`Kpi.value` agree.
@@ -44,7 +44,6 @@ class Kpi:
     #: for slices that group by this dimension the denominator is the one of the same slice without it (the
     #: view's ``<name>_denominator`` column); the Prometheus recording rule leaves those slices out
     denominator_without: str | None = None
-    description: str = ""
 
     @property
     def additive(self) -> bool:
@@ -122,45 +121,34 @@ def format_value(value: Any, unit: str, *, na: str = "—") -> str:
 
 
 _KPIS = (
-    Kpi("active_consumers", "Active consumers", "count", "active_consumers", in_view=True,
-        description="distinct consumers with any event"),
+    Kpi("active_consumers", "Active consumers", "count", "active_consumers", in_view=True),
     Kpi("participation_rate", "Participation rate", "rate", "participating_consumers", "active_consumers",
-        in_view=True, description="participating consumers / active consumers"),
-    Kpi("co_creation_actions", "Co-creation actions", "count", "co_creation_actions", in_view=True,
-        description="reviews, ideas, votes, survey answers, beta use, ..."),
+        in_view=True),
+    Kpi("co_creation_actions", "Co-creation actions", "count", "co_creation_actions", in_view=True),
     Kpi("co_creation_per_active_consumer", "Co-creation actions per active consumer", "ratio",
-        "co_creation_actions", "active_consumers", description="co-creation actions / active consumers"),
-    Kpi("ideas_submitted", "Ideas submitted", "count", "ideas_submitted", in_view=True, description="ideas"),
+        "co_creation_actions", "active_consumers"),
+    Kpi("ideas_submitted", "Ideas submitted", "count", "ideas_submitted", in_view=True),
     Kpi("ideas_per_100_active_consumers", "Ideas per 100 active consumers", "ratio", "ideas_submitted",
-        "active_consumers", scale=100, description="100 * ideas submitted / active consumers"),
-    Kpi("csat_avg", "CSAT (average 1-5)", "score", "rating_sum", "ratings", in_view=True,
-        description="rating_sum / ratings"),
-    Kpi("csat_pct", "CSAT (share satisfied)", "rate", "ratings_satisfied", "ratings", in_view=True,
-        description="ratings of 4-5 / ratings"),
-    Kpi("nps", "NPS", "nps", "nps_promoters - nps_detractors", "nps_responses", scale=100, in_view=True,
-        description="100 * (promoters - detractors) / responses"),
-    Kpi("survey_response_rate", "Survey response rate", "rate", "survey_responses", "surveys_invited", in_view=True,
-        description="survey responses / invitations"),
-    Kpi("orders", "Orders", "count", "orders", in_view=True, description="distinct orders"),
-    Kpi("orders_per_active_consumer", "Orders per active consumer", "ratio", "orders", "active_consumers",
-        description="orders / active consumers"),
-    Kpi("revenue", "Revenue", "money", "revenue_minor", numerator_divisor=100, in_view=True,
-        description="revenue of the window"),
+        "active_consumers", scale=100),
+    Kpi("csat_avg", "CSAT (average 1-5)", "score", "rating_sum", "ratings", in_view=True),
+    Kpi("csat_pct", "CSAT (share satisfied)", "rate", "ratings_satisfied", "ratings", in_view=True),
+    Kpi("nps", "NPS", "nps", "nps_promoters - nps_detractors", "nps_responses", scale=100, in_view=True),
+    Kpi("survey_response_rate", "Survey response rate", "rate", "survey_responses", "surveys_invited", in_view=True),
+    Kpi("orders", "Orders", "count", "orders", in_view=True),
+    Kpi("orders_per_active_consumer", "Orders per active consumer", "ratio", "orders", "active_consumers"),
+    Kpi("revenue", "Revenue", "money", "revenue_minor", numerator_divisor=100, in_view=True),
     Kpi("revenue_per_active_consumer", "Revenue per active consumer", "money", "revenue_minor", "active_consumers",
-        numerator_divisor=100, description="revenue / active consumers"),
-    Kpi("aov", "Average order value", "money", "revenue_minor", "orders", numerator_divisor=100, in_view=True,
-        description="revenue / orders"),
-    Kpi("purchaser_rate", "Purchaser rate", "rate", "purchasers", "active_consumers",
-        description="purchasers / active consumers"),
+        numerator_divisor=100),
+    Kpi("aov", "Average order value", "money", "revenue_minor", "orders", numerator_divisor=100, in_view=True),
+    Kpi("purchaser_rate", "Purchaser rate", "rate", "purchasers", "active_consumers"),
     Kpi("returning_purchaser_rate", "Returning purchasers", "rate", "returning_purchasers", "purchasers",
-        in_view=True, description="purchasers who bought before the window / purchasers"),
-    Kpi("sessions", "Sessions", "count", "sessions", in_view=True, description="sessions started"),
+        in_view=True),
+    Kpi("sessions", "Sessions", "count", "sessions", in_view=True),
     Kpi("avg_session_seconds", "Average session", "seconds", "session_ms", "sessions_timed", numerator_divisor=1000,
-        in_view=True, description="session duration / timed sessions"),
+        in_view=True),
     Kpi("feature_adoption", "Feature adoption", "rate", "feature_users", "active_consumers", in_view=True,
-        denominator_without="feature", description="feature users / active consumers"),
-    Kpi("events", "Events", "count", "events", in_view=True, scorable=False,
-        description="valid events folded into the window"),
+        denominator_without="feature"),
+    Kpi("events", "Events", "count", "events", in_view=True, scorable=False),
 )
 
 #: name -> KPI, in display order
