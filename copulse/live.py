@@ -6,9 +6,9 @@ index with its trend against the previous window, every perspective's score, eve
 endpoint (events consumed per second, dead letters, watermark lag, sink state, VCI scoring). Until the first
 window is final it says when one is expected.
 
-Scores come from the ``vci`` table the worker writes (sinks/vci.py) for the scorecard version in force; for
+Scores come from the ``vci`` table the worker writes (copulse/scorecard/job.py) for the scorecard version in force; for
 windows the worker has not scored with this version yet they are computed here from ``kpi_final`` with the
-same function (copulse/vci.py), marked "computed here". ClickHouse is read as the read-only user.
+same function (copulse/scorecard/index.py), marked "computed here". ClickHouse is read as the read-only user.
 
 Ctrl-C quits. ``--once`` prints one frame and exits (``--svg FILE`` also saves it as SVG).
 """
@@ -33,11 +33,19 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from copulse.scorecard import CATALOGUE, Scorecard, ScorecardError, format_value, load_scorecard
-from copulse.settings import duration_seconds, slice_dimensions
-from copulse.vci import score_row
-from sinks.scorecard import SELECT_COLUMNS, reader_client
-from sinks.vci import KEY_DIMENSIONS, VCI_COLUMNS, _gtext
+from copulse.readmodel import (
+    NOT_MIGRATED_CODES,
+    SELECT_COLUMNS,
+    dimension_filter,
+    granularity_text,
+    reader_client,
+    utc,
+)
+from copulse.scorecard.catalogue import CATALOGUE, format_value
+from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard
+from copulse.scorecard.index import score_row
+from copulse.scorecard.job import VCI_COLUMNS
+from copulse.settings import duration_seconds
 
 UTC = dt.UTC
 GOOD, BAD, FLAT = "green", "red", "grey62"
@@ -81,10 +89,6 @@ class LiveState:
     error: str | None = None
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _labels(card: Scorecard, g: int) -> dict[str, str]:
     return {p.name: p.label for p in card.targets(g)}
 
@@ -101,8 +105,8 @@ def from_vci_row(card: Scorecard, row: dict) -> WindowScore:
                             row["kpi_insufficient"][i]))
     perspectives = [(n, plabels.get(n, n), w, s) for n, w, s in
                     zip(row["perspectives"], row["perspective_weights"], row["perspective_scores"], strict=True)]
-    return WindowScore(_utc(row["window_start"]), _utc(row["window_end"]), row["vci_index"], perspectives, kpis,
-                       int(row["active_consumers"]), int(row["events"]), _utc(row["computed_at"]))
+    return WindowScore(utc(row["window_start"]), utc(row["window_end"]), row["vci_index"], perspectives, kpis,
+                       int(row["active_consumers"]), int(row["events"]), utc(row["computed_at"]))
 
 
 def from_kpi_row(card: Scorecard, row: dict) -> WindowScore:
@@ -111,7 +115,7 @@ def from_kpi_row(card: Scorecard, row: dict) -> WindowScore:
                     k.target.target, k.target.floor, k.target.weight, k.sample, k.attainment, k.insufficient)
             for k in result.kpis()]
     perspectives = [(p.name, p.label, p.weight, p.score) for p in result.perspectives]
-    return WindowScore(_utc(row["window_start"]), _utc(row["window_end"]), result.index, perspectives, kpis,
+    return WindowScore(utc(row["window_start"]), utc(row["window_end"]), result.index, perspectives, kpis,
                        int(row["active_consumers"]), int(row["events"]), None)
 
 
@@ -119,24 +123,13 @@ def _direction(card: Scorecard, name: str) -> str:
     for p in card.model.perspectives.values():
         if name in p.kpis:
             return p.kpis[name].direction
-    return "higher"
-
-
-def _dims_filter(slice_name: str, value: str | None) -> tuple[str, dict]:
-    dims = slice_dimensions(slice_name)
-    values = value.split("+") if value else []
-    if dims and len(values) != len(dims):
-        raise ValueError(f"slice {slice_name!r} needs --value with {len(dims)} value(s) joined by '+', "
-                         f"e.g. --slice channel --value web")
-    given = dict(zip(dims, values))
-    where = " AND ".join(f"{d} = %(d_{d})s" for d in KEY_DIMENSIONS)
-    return where, {f"d_{d}": given.get(d, "") for d in KEY_DIMENSIONS}
+    return CATALOGUE[name].direction if name in CATALOGUE else "higher"
 
 
 def fetch_state(client: Client, database: str, card: Scorecard, granularity: int, slice_name: str,
                 value: str | None = None) -> LiveState:
     """The two newest final windows of the slice, scored (stored rows first, else computed here)."""
-    where, params = _dims_filter(slice_name, value)
+    where, params = dimension_filter(slice_name, value)
     params.update(g=granularity, s=slice_name, v=card.version_id)
     rows = client.execute(
         f"SELECT {', '.join(VCI_COLUMNS)} FROM `{database}`.vci FINAL "
@@ -175,13 +168,13 @@ def fetch_state(client: Client, database: str, card: Scorecard, granularity: int
             params,
         )
         if open_rows:
-            state.open_window = (_utc(open_rows[0][0]), int(open_rows[0][1]))
+            state.open_window = (utc(open_rows[0][0]), int(open_rows[0][1]))
     return state
 
 
 # ----------------------------------------------------------------------------------------------- metrics
 @dataclass
-class Pipeline:
+class PipelineStatus:
     reachable: bool = False
     error: str = ""
     consumed_total: float = 0.0
@@ -199,10 +192,10 @@ class Pipeline:
     scraped_at: float = field(default_factory=time.time)
 
 
-def parse_metrics(text: str, now: float | None = None) -> Pipeline:
+def parse_metrics(text: str, now: float | None = None) -> PipelineStatus:
     from prometheus_client.parser import text_string_to_metric_families
 
-    p = Pipeline(reachable=True, scraped_at=now if now is not None else time.time())
+    p = PipelineStatus(reachable=True, scraped_at=now if now is not None else time.time())
     lags = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -230,13 +223,13 @@ def parse_metrics(text: str, now: float | None = None) -> Pipeline:
     return p
 
 
-def scrape(url: str, previous: Pipeline | None = None, timeout: float = 2.0) -> Pipeline:
+def scrape(url: str, previous: PipelineStatus | None = None, timeout: float = 2.0) -> PipelineStatus:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             text = response.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Pipeline(reachable=False, error=str(reason))
+        return PipelineStatus(reachable=False, error=str(reason))
     p = parse_metrics(text)
     if previous is not None and previous.reachable:
         elapsed = p.scraped_at - previous.scraped_at
@@ -288,10 +281,10 @@ def _when(value: dt.datetime, granularity: int) -> str:
     return value.strftime("%H:%M" if granularity < 86400 else "%Y-%m-%d")
 
 
-def render(state: LiveState, pipeline: Pipeline | None, card: Scorecard, *, granularity: int, slice_name: str,
+def render(state: LiveState, pipeline: PipelineStatus | None, card: Scorecard, *, granularity: int, slice_name: str,
            value: str | None, settings, now: float | None = None, refresh: float = 5.0):
     now = time.time() if now is None else now
-    gtext = _gtext(granularity)
+    gtext = granularity_text(granularity)
     where = slice_name + (f" {value}" if value else "")
     title = (f"[bold]copulse live[/bold] · {gtext} windows · slice {where} · scorecard {card.name} "
              f"[dim]{card.version_id}[/dim]")
@@ -377,7 +370,7 @@ def _scorecard_table(state: LiveState, currency: str) -> Table:
 
 
 def _waiting(state: LiveState, granularity: int, settings, now: float) -> Panel:
-    gtext = _gtext(granularity)
+    gtext = granularity_text(granularity)
     lateness = int(settings.allowed_lateness_seconds)
     current = int(now // granularity * granularity)
     first_close = current + granularity + lateness
@@ -400,7 +393,7 @@ def _waiting(state: LiveState, granularity: int, settings, now: float) -> Panel:
     return Panel(Group(*lines), border_style="yellow")
 
 
-def _pipeline(p: Pipeline | None, settings, now: float) -> Group:
+def _pipeline(p: PipelineStatus | None, settings, now: float) -> Group:
     if p is None:
         return Group()
     if not p.reachable:
@@ -451,7 +444,7 @@ def run(args, settings) -> int:
     try:
         card = load_scorecard(args.scorecard, settings=settings)
         granularity = duration_seconds(args.granularity)
-        _dims_filter(args.slice, args.value)
+        dimension_filter(args.slice, args.value)
     except (ScorecardError, ValueError) as exc:
         print(f"copulse live: {exc}", file=sys.stderr)
         return 2
@@ -468,7 +461,7 @@ def run(args, settings) -> int:
             state = fetch_state(holder["client"], database, card, granularity, args.slice, args.value)
         except ch_errors.ServerException as exc:
             first = exc.message.strip().splitlines()[0]
-            hint = " (run `copulse db migrate`)" if exc.code in (60, 81) else ""
+            hint = " (run `copulse db migrate`)" if exc.code in NOT_MIGRATED_CODES else ""
             state.error = f"ClickHouse at {where} refused the query: {first}{hint}"
         except Exception as exc:  # noqa: BLE001 - unreachable, timeouts: show and retry next refresh
             state.error = f"ClickHouse unreachable at {where} ({str(exc).splitlines()[0] if str(exc) else exc!r}); " \

@@ -35,9 +35,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from copulse.readmodel import parse_window_start
 from copulse.settings import duration_seconds, slice_dimensions
 from sinks.rows import EVENT_TABLES
-from sinks.scorecard import parse_window_start
 from streams.engine import Outcome, PartitionEngine
 from streams.errors import FUTURE_EVENT_TIME
 from streams.errors import WINDOW_CLOSED as WINDOW_CLOSED_REASON

@@ -4,7 +4,7 @@
 
 Reads the final KPI windows of the range (``kpi_final``, read-only user) and scores every window with the
 scorecard (``--scorecard``, else ``COPULSE_SCORECARD_FILE``, else the shipped default) with the same function the
-worker uses (copulse/vci.py), so all periods are compared with the same targets. The HTML has every chart inlined
+worker uses (copulse/scorecard/index.py), so all periods are compared with the same targets. The HTML has every chart inlined
 (SVG drawn by matplotlib), no external file or network access:
 
 * headline: average and latest index, change over the range, revenue and orders of the range;
@@ -32,11 +32,22 @@ from pathlib import Path
 
 from clickhouse_driver import errors as ch_errors
 
-from copulse.scorecard import CATALOGUE, Scorecard, ScorecardError, format_value, load_scorecard
-from copulse.settings import duration_seconds, slice_dimensions
-from copulse.vci import VciResult, score_row
-from sinks.scorecard import SELECT_COLUMNS, parse_window_start, reader_client
-from sinks.vci import KEY_DIMENSIONS, _gtext
+from copulse.readmodel import (
+    SELECT_COLUMNS,
+    UNREACHABLE,
+    clickhouse_problem,
+    dimension_filter,
+    granularity_text,
+    iso,
+    parse_window_start,
+    pooled_counters,
+    reader_client,
+    utc,
+)
+from copulse.scorecard.catalogue import CATALOGUE, format_value
+from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard
+from copulse.scorecard.index import VciResult, kpi_inputs, score_row
+from copulse.settings import duration_seconds
 
 UTC = dt.UTC
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA = 0, 1, 2, 3
@@ -84,22 +95,11 @@ class ReportData:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: dt.datetime) -> str:
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _where_dims(slice_name: str, value: str | None) -> tuple[str, dict]:
-    dims = slice_dimensions(slice_name)
-    values = value.split("+") if value else []
-    if dims and len(values) != len(dims):
-        raise ReportError(f"slice {slice_name!r} needs --value with {len(dims)} value(s) joined by '+', e.g. "
-                          f"--slice channel --value web", EXIT_USAGE)
-    given = dict(zip(dims, values))
-    return " AND ".join(f"{d} = %(d_{d})s" for d in KEY_DIMENSIONS), {f"d_{d}": given.get(d, "") for d in KEY_DIMENSIONS}
+    try:
+        return dimension_filter(slice_name, value)
+    except ValueError as exc:
+        raise ReportError(str(exc), EXIT_USAGE) from None
 
 
 def fetch(client, database: str, card: Scorecard, granularity: int, slice_name: str, value: str | None,
@@ -107,7 +107,7 @@ def fetch(client, database: str, card: Scorecard, granularity: int, slice_name: 
     where, params = _where_dims(slice_name, value)
     params.update(g=granularity, s=slice_name, lo=int(since.timestamp()), hi=int(until.timestamp()))
     rng = "window_start >= toDateTime(%(lo)s, 'UTC') AND window_start < toDateTime(%(hi)s, 'UTC')"
-    _step(progress, f"reading final {_gtext(granularity)} windows of slice {slice_name}")
+    _step(progress, f"reading final {granularity_text(granularity)} windows of slice {slice_name}")
     rows = client.execute(
         f"SELECT {', '.join(SELECT_COLUMNS)} FROM `{database}`.kpi_final "
         f"WHERE granularity_seconds = %(g)s AND slice = %(s)s AND {where} AND {rng} ORDER BY window_start",
@@ -120,7 +120,7 @@ def fetch(client, database: str, card: Scorecard, granularity: int, slice_name: 
     windows = []
     for r in rows:
         row = dict(zip(SELECT_COLUMNS, r))
-        windows.append(Window(_utc(row["window_start"]), row, score_row(card, row)))
+        windows.append(Window(utc(row["window_start"]), row, score_row(card, row)))
     data = ReportData(card, granularity, slice_name, value, since, until, windows)
     _step(progress, "reading product windows")
     prows = client.execute(
@@ -156,13 +156,11 @@ def _products(rows: list[dict], card: Scorecard) -> list[ProductLine]:
     for product, prow in by_product.items():
         indexes = [score_row(card, r).index for r in prow]
         scored = [i for i in indexes if i is not None]
-        active = sum(int(r["active_consumers"]) for r in prow)
-        ratings = sum(int(r["ratings"]) for r in prow)
+        pooled = pooled_counters(prow)
         out.append(ProductLine(
             product, _category(prow), len(prow), len(scored), statistics.fmean(scored) if scored else None,
-            sum(int(r["participating_consumers"]) for r in prow) / active if active else None,
-            sum(int(r["rating_sum"]) for r in prow) / ratings if ratings else None,
-            sum(int(r["revenue_minor"]) for r in prow) / 100, sum(int(r["orders"]) for r in prow),
+            CATALOGUE["participation_rate"].value(pooled), CATALOGUE["csat_avg"].value(pooled),
+            CATALOGUE["revenue"].value(pooled), pooled["orders"],
         ))
     # rank only products with an index in at least half of their windows: one lucky window ranks nobody
     ranked = [p for p in out if p.index is not None and p.scored * 2 >= p.windows]
@@ -176,7 +174,7 @@ def _category(rows: list[dict]) -> str:
 
 def _no_data_message(client, database, granularity, slice_name, value, since, until) -> str:
     what = f"slice {slice_name}" + (f" {value}" if value else "")
-    asked = f"between {_iso(since)} and {_iso(until)}"
+    asked = f"between {iso(since)} and {iso(until)}"
     have = client.execute(
         f"SELECT granularity_seconds, min(window_start), max(window_end), count() FROM `{database}`.kpi_final "
         "WHERE slice = %(s)s GROUP BY granularity_seconds ORDER BY granularity_seconds", {"s": slice_name},
@@ -184,11 +182,11 @@ def _no_data_message(client, database, granularity, slice_name, value, since, un
     same = [h for h in have if int(h[0]) == granularity]
     if same:
         _, lo, hi, n = same[0]
-        return (f"no final {_gtext(granularity)} window of {what} {asked}; final {_gtext(granularity)} windows of "
-                f"{slice_name} exist from {_iso(lo)} to {_iso(hi)} ({n} rows): pick --from/--to inside that range")
+        return (f"no final {granularity_text(granularity)} window of {what} {asked}; final {granularity_text(granularity)} windows of "
+                f"{slice_name} exist from {iso(lo)} to {iso(hi)} ({n} rows): pick --from/--to inside that range")
     if have:
-        others = ", ".join(f"{_gtext(int(g))} from {_iso(lo)} to {_iso(hi)}" for g, lo, hi, _ in have)
-        return (f"no final {_gtext(granularity)} window of {what} at all; slice {slice_name} has final windows of "
+        others = ", ".join(f"{granularity_text(int(g))} from {iso(lo)} to {iso(hi)}" for g, lo, hi, _ in have)
+        return (f"no final {granularity_text(granularity)} window of {what} at all; slice {slice_name} has final windows of "
                 f"other sizes: {others} (use --granularity)")
     return (f"no final window of slice {slice_name} in database {database} at all: run the worker and a producer "
             "(`make run`) or check COPULSE_CLICKHOUSE_URL")
@@ -267,8 +265,6 @@ def chart_perspectives(data: ReportData):
 
 
 def _kpi_series(data: ReportData, name: str) -> list[float]:
-    from copulse.vci import kpi_inputs
-
     return [_nan(kpi_inputs(w.row)[name].value) for w in data.windows]
 
 
@@ -397,17 +393,17 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
     avg, low, _, n_scored = _stats(indexes)
     first = next((i for i in indexes if i is not None), None)
     latest = next((i for i in reversed(indexes) if i is not None), None)
-    revenue = sum(int(w.row["revenue_minor"]) for w in data.windows) / 100
-    orders = sum(int(w.row["orders"]) for w in data.windows)
-    g = _gtext(data.granularity)
+    pooled = pooled_counters([w.row for w in data.windows])
+    revenue, orders = CATALOGUE["revenue"].value(pooled), pooled["orders"]
+    g = granularity_text(data.granularity)
     what = data.slice_name + (f" = {data.value}" if data.value else "")
-    span = f"{_iso(data.since)} – {_iso(data.until)}"
+    span = f"{iso(data.since)} – {iso(data.until)}"
     out = [(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Value co-creation report "
            f"{e(span)}</title><style>{CSS}</style></head><body><main>")]
     out.append("<h1>Value co-creation report</h1>")
     out.append(f"<div class=\"meta\">{e(span)} · {g} windows · slice <b>{e(what)}</b> · scorecard "
                f"<b>{e(card.name)}</b> version <code>{e(card.version_id)}</code> · generated "
-               f"{_iso(dt.datetime.now(UTC))} by copulse report</div>")
+               f"{iso(dt.datetime.now(UTC))} by copulse report</div>")
     change = None if first is None or latest is None else latest - first
     cards = [
         ("average index", _num(avg), f"{n_scored} of {len(data.windows)} windows scored", _cls(avg)),
@@ -543,13 +539,12 @@ def run(args, settings) -> int:
         card = load_scorecard(args.scorecard, settings=settings)
         granularity = duration_seconds(args.granularity)
         if args.until <= args.since:
-            raise ValueError(f"--to ({_iso(args.until)}) must be after --from ({_iso(args.since)})")
+            raise ValueError(f"--to ({iso(args.until)}) must be after --from ({iso(args.since)})")
         if args.top < 1:
             raise ValueError("--top must be at least 1")
     except (ScorecardError, ValueError) as exc:
         print(f"copulse report: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    where = f"{settings.clickhouse['host']}:{settings.clickhouse['port']}"
     client = reader_client(settings)
     out = Path(args.out)
     try:
@@ -567,19 +562,13 @@ def run(args, settings) -> int:
     except ReportError as exc:
         print(f"copulse report: {exc}", file=sys.stderr)
         return exc.exit_code
-    except ch_errors.ServerException as exc:
-        first = exc.message.strip().splitlines()[0]
-        hint = "run `copulse db migrate`" if exc.code in (60, 81) else "see the ClickHouse server log"
-        print(f"copulse report: ClickHouse at {where} refused the query ({first}); {hint}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ch_errors.NetworkError, ch_errors.SocketTimeoutError, OSError, EOFError) as exc:
-        print(f"copulse report: ClickHouse is unreachable at {where} ({str(exc).splitlines()[0]}); start it with "
-              "`make up`", file=sys.stderr)
+    except (ch_errors.ServerException, *UNREACHABLE) as exc:
+        print(f"copulse report: {clickhouse_problem(exc, settings)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         client.disconnect()
     scored = sum(1 for w in data.windows if w.result.index is not None)
-    print(f"copulse report: wrote {out} ({out.stat().st_size // 1024} KB): {len(data.windows)} {_gtext(granularity)} "
+    print(f"copulse report: wrote {out} ({out.stat().st_size // 1024} KB): {len(data.windows)} {granularity_text(granularity)} "
           f"windows ({scored} with an index), {len(data.products)} products"
           + (f"; PNG charts in {args.png}" if args.png else ""))
     return EXIT_OK

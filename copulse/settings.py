@@ -20,12 +20,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DIMENSIONS = ("channel", "region", "category", "segment", "product_id", "feature")
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PROMETHEUS_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
-def duration_seconds(text: str) -> int:
-    """'1m' -> 60, '1h' -> 3600. Raises ValueError with a hint otherwise."""
-    match = _DURATION.match(text.strip())
+def duration_seconds(text: str, *, prometheus: bool = False) -> int:
+    """'1m' -> 60, '1h' -> 3600: window sizes and scorecard periods are one positive number and a unit s, m, h
+    or d. ``prometheus=True`` takes any Prometheus duration ('1h30m', '500ms', '1w'), in whole seconds.
+    Raises ValueError with a hint otherwise."""
+    text = text.strip()
+    if prometheus:
+        if not _PROMETHEUS_DURATION.match(text):
+            raise ValueError(f"{text!r} is not a Prometheus duration such as 30s, 5m, 1h, 1d, 1w")
+        return int(sum(int(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)))
+    match = _DURATION.match(text)
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"bad duration {text!r}: write a positive number and a unit s, m, h or d, e.g. '1m'")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -98,7 +107,7 @@ class Settings(BaseSettings):
     metric_max_series_per_slice: int = Field(50, ge=1, description="cardinality cap of those gauges per slice")
 
     # --- Value co-creation scorecard and index (VCI) -----------------------------------------
-    scorecard_file: str | None = Field(None, description="scorecard YAML; default copulse/scorecards/default.yaml")
+    scorecard_file: str | None = Field(None, description="scorecard YAML; default copulse/scorecard/default.yaml")
     vci_interval_seconds: float = Field(15.0, gt=0, description="the worker scores new final windows this often")
     vci_slices: list[str] = Field(
         ["overall", "channel", "region", "category", "segment", "product_id", "channel+region"],

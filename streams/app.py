@@ -28,7 +28,7 @@ from mode import Service
 
 from copulse.settings import Settings, get_settings
 from sinks.clickhouse import ClickHouseSink
-from sinks.vci import VciJob
+from copulse.scorecard.job import VciJob
 from streams import startup
 from streams.batch import Sink
 from streams.broker_health import BrokerHealth
@@ -123,7 +123,7 @@ vci_job = VciJob(settings)
 
 @app.timer(interval=settings.vci_interval_seconds)
 async def score_vci() -> None:
-    """Score new final KPI windows into the vci table and the copulse_vci_* gauges (sinks/vci.py): on one
+    """Score new final KPI windows into the vci table and the copulse_vci_* gauges (copulse/scorecard/job.py): on one
     worker of the group, the one that holds source partition 0 (Faust's own leader election would need a
     second consumer group, whose rebalance after a kill -9 would hold up the whole worker's start)."""
     service = app.pipeline_service

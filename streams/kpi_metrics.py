@@ -28,14 +28,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from prometheus_client.core import (
-    REGISTRY,
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-)
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from copulse.settings import DIMENSIONS, slice_dimensions
+from copulse.metric_labels import SliceLabels, register_replacing
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow
 
 __all__ = ["METRIC_NAMES", "KpiExporter", "metric_name"]
@@ -73,8 +68,6 @@ _HELP_SUFFIX = " in the latest final KPI window, summed over this worker's sourc
 
 _IDX = {name: i for i, name in enumerate(ROW_COLUMNS)}
 _FIRST_COUNTER = len(KEY_COLUMNS)
-_BY_REGISTRY: dict[int, tuple[CollectorRegistry, KpiExporter]] = {}
-_BY_REGISTRY_LOCK = threading.Lock()
 
 
 def metric_name(counter: str) -> str:
@@ -97,27 +90,15 @@ class KpiExporter:
     """
 
     def __init__(self, settings, registry: CollectorRegistry | None = None) -> None:
-        self.slices: tuple[str, ...] = tuple(dict.fromkeys(settings.metric_slices))
-        self.max_series_per_slice = int(settings.metric_max_series_per_slice)
-        grouped = {d for s in self.slices for d in slice_dimensions(s)}
-        self.dimensions: tuple[str, ...] = tuple(d for d in DIMENSIONS if d in {"channel", "region"} | grouped)
-        self.label_names: tuple[str, ...] = ("granularity", "slice", *self.dimensions)
+        labels = SliceLabels(settings)
+        self.slices, self.max_series_per_slice = labels.slices, labels.max_series_per_slice
+        self.dimensions, self.label_names = labels.dimensions, labels.label_names
         self._dim_idx = tuple(_IDX[d] for d in self.dimensions)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, ...], _Series] = {}
-        self._per_slice: dict[str, int] = dict.fromkeys(self.slices, 0)
-        self._dropped: dict[str, int] = dict.fromkeys(self.slices, 0)
+        self._cap = labels.cap()
         self._newest_start: dict[int, float] = {}  # granularity seconds -> newest window start seen
-        self.registry = REGISTRY if registry is None else registry
-        with _BY_REGISTRY_LOCK:
-            previous = _BY_REGISTRY.get(id(self.registry))
-            if previous is not None and previous[0] is self.registry:
-                try:
-                    self.registry.unregister(previous[1])
-                except KeyError:  # already unregistered by someone else
-                    pass
-            self.registry.register(self)
-            _BY_REGISTRY[id(self.registry)] = (self.registry, self)
+        self.registry = register_replacing("kpi", self, registry)
 
     # ------------------------------------------------------------------ input
     def observe(self, rows: list[KpiRow]) -> None:
@@ -137,11 +118,9 @@ class KpiExporter:
                 counters = row[_FIRST_COUNTER : _FIRST_COUNTER + len(COUNTERS)]
                 series = self._series.get(key)
                 if series is None:
-                    if self._per_slice[name] >= self.max_series_per_slice:
-                        self._dropped[name] += 1
+                    if not self._cap.admit(name):
                         continue
                     series = self._series[key] = _Series(start, row.window_end)
-                    self._per_slice[name] += 1
                 elif start > series.window_start:
                     series.window_start, series.window_end = start, row.window_end
                     series.partials.clear()
@@ -159,7 +138,7 @@ class KpiExporter:
             g = int(key[0])
             if g in granularities and series.window_start + 2 * g <= self._newest_start[g]:
                 del self._series[key]
-                self._per_slice[key[1]] -= 1
+                self._cap.release(key[1])
 
     # ------------------------------------------------------------------ prometheus_client collector
     def describe(self):
@@ -171,7 +150,7 @@ class KpiExporter:
                 key: (s.window_end, [sum(p[i] for p in s.partials.values()) for i in range(len(COUNTERS))])
                 for key, s in self._series.items()
             }
-            per_slice, dropped = dict(self._per_slice), dict(self._dropped)
+            per_slice, dropped = self._cap.counts()
         return list(self._families(snapshot, per_slice, dropped))
 
     def _families(self, snapshot: dict, per_slice: dict | None = None, dropped: dict | None = None):

@@ -20,13 +20,13 @@ from rich.console import Console
 from copulse.live import (
     KpiLine,
     LiveState,
-    Pipeline,
+    PipelineStatus,
     WindowScore,
     parse_metrics,
     render,
     trend,
 )
-from copulse.scorecard import load_scorecard
+from copulse.scorecard.definition import load_scorecard
 from copulse.settings import Settings
 
 UTC = dt.UTC
@@ -83,7 +83,7 @@ def test_render_waiting_and_unreachable_worker():
     settings = Settings(metrics_port=9464, allowed_lateness_seconds=30, vci_interval_seconds=15, currency="EUR")
     now = START.timestamp() + 20
     state = LiveState(open_window=(START, 420))
-    out = text_of(render(state, Pipeline(reachable=False, error="Connection refused"), load_scorecard(),
+    out = text_of(render(state, PipelineStatus(reachable=False, error="Connection refused"), load_scorecard(),
                          granularity=60, slice_name="overall", value=None, settings=settings, now=now))
     assert "Waiting for the first final 1m window" in out
     assert "Open window 12:03–12:04 UTC: 420 events so far; final at about 12:04:30 UTC (in 70 s)" in out

@@ -14,10 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from copulse.cli import main
-from copulse.scorecard import load_scorecard
+from copulse.readmodel import SELECT_COLUMNS
+from copulse.scorecard.definition import load_scorecard
+from copulse.scorecard.index import score_row
 from copulse.settings import Settings, get_settings
-from copulse.vci import score_row
-from sinks.scorecard import SELECT_COLUMNS
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,9 @@ import textwrap
 import pytest
 
 from copulse.cli import main
-from copulse.scorecard import (
-    CATALOGUE,
+from copulse.readmodel import SELECT_COLUMNS
+from copulse.scorecard.catalogue import SCORECARD_KPIS
+from copulse.scorecard.definition import (
     ScorecardError,
     default_scorecard_path,
     load_scorecard,
@@ -224,10 +225,8 @@ def test_missing_file(tmp_path):
 
 
 def test_catalogue_samples_are_kpi_view_columns():
-    from sinks.scorecard import SELECT_COLUMNS
-
-    for kdef in CATALOGUE.values():
-        assert kdef.sample in SELECT_COLUMNS, kdef
+    for kdef in SCORECARD_KPIS.values():
+        assert kdef.sample_column in SELECT_COLUMNS, kdef
 
 
 def test_cli_prints_the_scorecard_and_reports_errors(tmp_path, capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""The VCI formula (copulse/vci.py) on small fixtures whose results are computed by hand in the comments."""
+"""The VCI formula (copulse/scorecard/index.py) on small fixtures whose results are computed by hand in the comments."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from copulse.scorecard import load_scorecard, parse_scorecard, scorecard_from_dict
+from copulse.scorecard.definition import load_scorecard, parse_scorecard, scorecard_from_dict
+from copulse.scorecard.job import VCI_COLUMNS, VciJob
 from copulse.settings import Settings
-from copulse.vci import (
+from copulse.scorecard.index import (
     NO_DATA,
     SMALL_SAMPLE,
     KpiInput,
@@ -27,7 +28,6 @@ from sinks.clickhouse import ClickHouseSink
 from streams.batch import SinkBatch
 from sinks.migrations import migrate
 from streams.kpis import kpi_row
-from sinks.vci import VCI_COLUMNS, VciJob
 
 CARD = parse_scorecard(
     textwrap.dedent(
@@ -316,7 +316,7 @@ def test_a_changed_scorecard_is_a_new_version_and_leaves_old_rows_alone(vci_db, 
         old = stored(client, database)
         old_version = old[0]["scorecard_version"]
         path.write_text(JOB_CARD.replace("target: 100, floor: 50", "target: 120, floor: 50"))
-        with caplog.at_level(logging.INFO, logger="sinks.vci"):
+        with caplog.at_level(logging.INFO, logger="copulse.scorecard.job"):
             report = job.run_once(since=0)
         assert report.total == 4 and report.scorecard_version != old_version
         assert "changed: version" in caplog.text
@@ -329,7 +329,7 @@ def test_a_changed_scorecard_is_a_new_version_and_leaves_old_rows_alone(vci_db, 
         # an invalid edit keeps the last valid scorecard and says what is wrong
         path.write_text(JOB_CARD.replace("floor: 3.0", "floor: 5.0"))
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="sinks.vci"):
+        with caplog.at_level(logging.ERROR, logger="copulse.scorecard.job"):
             assert job.run_once(since=0).scorecard_version == report.scorecard_version
         assert "floor 5 must be below target 4.5" in caplog.text and "keeps the previous scorecard" in caplog.text
         assert len(client.execute(f"SELECT scorecard_version FROM {database}.vci_scorecards FINAL")) == 2
@@ -340,7 +340,7 @@ def test_a_changed_scorecard_is_a_new_version_and_leaves_old_rows_alone(vci_db, 
 def test_run_safely_survives_clickhouse_down_and_logs_once(caplog):
     settings = Settings(clickhouse_url="clickhouse://default@127.0.0.1:1/nowhere")
     job = VciJob(settings, registry=CollectorRegistry())
-    with caplog.at_level(logging.WARNING, logger="sinks.vci"):
+    with caplog.at_level(logging.WARNING, logger="copulse.scorecard.job"):
         assert job.run_safely() is None
         assert job.run_safely() is None
     assert caplog.text.count("VCI scoring failed") == 1
@@ -351,6 +351,6 @@ def test_run_safely_survives_an_invalid_first_scorecard(tmp_path, caplog):
     bad.write_text(JOB_CARD.replace("target: 100", "target: lots"))
     job = VciJob(Settings(scorecard_file=str(bad), clickhouse_url="clickhouse://default@127.0.0.1:1/nowhere"),
                  registry=CollectorRegistry())
-    with caplog.at_level(logging.WARNING, logger="sinks.vci"):
+    with caplog.at_level(logging.WARNING, logger="copulse.scorecard.job"):
         assert job.run_safely() is None
     assert "VCI scoring failed" in caplog.text and "line 6: perspectives.money.kpis.aov.target" in caplog.text

@@ -4,7 +4,9 @@
     python deploy/grafana/build_dashboards.py          rewrite the JSON files
     python deploy/grafana/build_dashboards.py --check  exit 1 if a committed file differs
 
-Edit this file (queries, panels, KPI targets in ``TARGETS``), not the JSON: tests/test_dashboards.py fails when
+Edit this file (queries, panels), not the JSON; KPI panels follow the catalogue
+(copulse/scorecard/catalogue.py) and their thresholds are the targets of the default scorecard
+(copulse/scorecard/default.yaml) for 1h windows: tests/test_dashboards.py fails when
 the committed JSON differs from what this script generates, and runs every query against a real ClickHouse.
 
 ClickHouse panels use the official plugin (grafana-clickhouse-datasource, uid ``copulse-clickhouse``) in SQL
@@ -28,6 +30,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from copulse.scorecard.catalogue import CATALOGUE, VIEW_KPIS, Kpi
+from copulse.scorecard.definition import load_scorecard
+from copulse.settings import DIMENSIONS, duration_seconds
+from deploy.generated import write_or_check
+
 OUT = HERE / "dashboards"
 
 CH = {"type": "grafana-clickhouse-datasource", "uid": "copulse-clickhouse"}
@@ -35,21 +46,32 @@ PROM = {"type": "prometheus", "uid": "copulse-prometheus"}
 ALL = "__all"
 CURRENCY = "currencyEUR"  # unit of revenue and AOV panels; match COPULSE_CURRENCY
 
-#: KPI targets shown as thresholds (red below, green at or above). Edit here, then re-run this script.
-TARGETS: dict[str, float] = {
-    "participation_rate": 0.2,
-    "csat_avg": 4.0,
-    "csat_pct": 0.8,
-    "nps": 30,
-    "survey_response_rate": 0.25,
-    "returning_purchaser_rate": 0.3,
-    "avg_session_seconds": 120,
-    "feature_adoption": 0.3,
-}
+#: window size of the targets shown as thresholds: the default of the dashboards' Window variable
+TARGET_WINDOW = "1h"
 
-#: Grafana variable -> KPI column, in the order of copulse.settings.DIMENSIONS
-DIMS: tuple[tuple[str, str], ...] = (("channel", "channel"), ("region", "region"), ("category", "category"),
-                                     ("product", "product_id"))
+
+def scorecard_targets(granularity: str = TARGET_WINDOW) -> dict[str, float]:
+    """KPI -> target of the shipped default scorecard (copulse/scorecard/default.yaml) for ``granularity``
+    windows: the thresholds of the KPI panels, red below and green at or above the target."""
+    targets = {}
+    for perspective in load_scorecard().targets(duration_seconds(granularity)):
+        for kpi in perspective.kpis:
+            if kpi.direction != "higher":
+                raise ValueError(f"{kpi.name}: lower-is-better targets need inverted thresholds here")
+            targets[kpi.name] = kpi.target
+    return targets
+
+
+#: KPI -> target of the default scorecard (KPIs it does not score have no threshold)
+TARGETS: dict[str, float] = scorecard_targets()
+
+#: Grafana variable name of a dimension column, where it differs from the column
+VARIABLE_NAMES = {"product_id": "product"}
+#: Grafana variable -> KPI column of the dimensions the dashboards filter by, in the order of DIMENSIONS
+DIMS: tuple[tuple[str, str], ...] = tuple(
+    (VARIABLE_NAMES.get(column, column), column) for column in DIMENSIONS if column in ("channel", "region",
+                                                                                        "category", "product_id")
+)
 
 # ------------------------------------------------------------------------------------------------ SQL
 PICKED = (
@@ -147,6 +169,22 @@ def prom_target(expr: str, legend: str = "", ref: str = "A", instant: bool = Fal
         target["instant"] = True
         target["format"] = "table"
     return target
+
+
+#: Grafana unit and decimals of a catalogue unit
+UNITS: dict[str, tuple[str, int]] = {"count": ("short", 0), "rate": ("percentunit", 1), "score": ("none", 2),
+                                     "nps": ("none", 0), "money": (CURRENCY, 2), "seconds": ("s", 0)}
+
+
+def panel_unit(kpi: Kpi) -> tuple[str, int]:
+    """Grafana unit and decimals of a KPI's panel (additive money, i.e. revenue, without cents)."""
+    unit, decimals = UNITS[kpi.unit]
+    return unit, 0 if kpi.unit == "money" and kpi.additive else decimals
+
+
+def kpi_panel(name: str) -> tuple[str, int, float | None]:
+    """Unit, decimals and target (None: the default scorecard has none) of a time series of one KPI."""
+    return (*panel_unit(CATALOGUE[name]), TARGETS.get(name))
 
 
 def thresholds(target: float | None) -> dict:
@@ -299,10 +337,7 @@ def variables() -> list[dict]:
     return [
         ch_variable("granularity", "Window", GRANULARITY_SQL, include_all=False,
                     current={"selected": True, "text": "1h", "value": "3600"}),
-        ch_variable("channel", "Channel", variable_sql("channel", "channel")),
-        ch_variable("region", "Region", variable_sql("region", "region")),
-        ch_variable("category", "Category", variable_sql("category", "category")),
-        ch_variable("product", "Product", variable_sql("product_id", "product_id")),
+        *(ch_variable(var, var.capitalize(), variable_sql(column, column)) for var, column in DIMS),
     ]
 
 
@@ -315,32 +350,20 @@ FILTER_NOTE = (
 
 
 # ------------------------------------------------------------------------------------------------ dashboards
+RATES_TREND = ("participation_rate", "csat_pct", "survey_response_rate", "returning_purchaser_rate", "feature_adoption")
+
+
 def scorecard() -> dict:
     d = Dashboard("copulse-scorecard", "Co-creation scorecard",
                   "All value co-creation KPIs of the chosen window size, with targets and trend.")
     d.text(FILTER_NOTE)
     d.row("Latest closed window (sparkline: trend over the time range)")
-    d.stat("Active consumers", "active_consumers", "short", 0)
-    d.stat("Participation rate", "participation_rate", "percentunit", 1, TARGETS["participation_rate"])
-    d.stat("Co-creation actions", "co_creation_actions", "short", 0)
-    d.stat("Ideas submitted", "ideas_submitted", "short", 0)
-    d.stat("CSAT (average 1-5)", "csat_avg", "none", 2, TARGETS["csat_avg"])
-    d.stat("CSAT (share satisfied)", "csat_pct", "percentunit", 1, TARGETS["csat_pct"])
-    d.stat("NPS", "nps", "none", 0, TARGETS["nps"])
-    d.stat("Survey response rate", "survey_response_rate", "percentunit", 1, TARGETS["survey_response_rate"])
-    d.stat("Orders", "orders", "short", 0)
-    d.stat("Revenue", "revenue", CURRENCY, 0)
-    d.stat("Average order value", "aov", CURRENCY, 2)
-    d.stat("Returning purchasers", "returning_purchaser_rate", "percentunit", 1, TARGETS["returning_purchaser_rate"])
-    d.stat("Sessions", "sessions", "short", 0)
-    d.stat("Average session", "avg_session_seconds", "s", 0, TARGETS["avg_session_seconds"])
-    d.stat("Feature adoption", "feature_adoption", "percentunit", 1, TARGETS["feature_adoption"])
-    d.stat("Events", "events", "short", 0)
+    for kpi in VIEW_KPIS:
+        d.stat(kpi.label, kpi.name, *panel_unit(kpi), TARGETS.get(kpi.name))
     d.row("Trend")
-    d.series("Participation, satisfaction and loyalty rates",
-             kpi_sql("participation_rate, csat_pct, survey_response_rate, returning_purchaser_rate, feature_adoption"),
+    d.series("Participation, satisfaction and loyalty rates", kpi_sql(", ".join(RATES_TREND)),
              "percentunit", 1, description="Targets: " + ", ".join(
-                 f"{k} {v:g}" for k, v in TARGETS.items() if k not in ("csat_avg", "nps", "avg_session_seconds")))
+                 f"{k} {TARGETS[k]:g}" for k in RATES_TREND if k in TARGETS))
     d.series("CSAT (average) and NPS", kpi_sql("csat_avg, nps"), "none", 2,
              description=f"Targets: CSAT {TARGETS['csat_avg']:g}, NPS {TARGETS['nps']:g}.")
     d.series("Revenue", kpi_sql("revenue"), CURRENCY, 0, bars=True)
@@ -360,17 +383,17 @@ def participation() -> dict:
                   "Who takes part in value co-creation (reviews, ideas, votes, surveys, beta use) and how consumers "
                   "use the product.")
     d.text(FILTER_NOTE)
-    d.series("Participation rate", kpi_sql("participation_rate"), "percentunit", 1, TARGETS["participation_rate"])
+    d.series("Participation rate", kpi_sql("participation_rate"), *kpi_panel("participation_rate"))
     d.series("Active and participating consumers", kpi_sql("active_consumers, participating_consumers"), "short", 0)
     d.series("Co-creation actions and ideas", kpi_sql("co_creation_actions, ideas_submitted"), "short", 0, bars=True)
     d.series("Participation rate by channel", breakdown_sql("channel", "channel", "participation_rate"),
-             "percentunit", 1, TARGETS["participation_rate"])
+             *kpi_panel("participation_rate"))
     d.series("Participation rate by region", breakdown_sql("region", "region", "participation_rate"),
-             "percentunit", 1, TARGETS["participation_rate"])
+             *kpi_panel("participation_rate"))
     d.series("Feature adoption by feature", breakdown_sql("feature", "feature", "feature_adoption"), "percentunit", 1,
              description="Users of the feature / active consumers of the window (slice 'feature').")
     d.series("Sessions and feature uses", kpi_sql("sessions, feature_uses"), "short", 0, bars=True)
-    d.series("Average session", kpi_sql("avg_session_seconds"), "s", 0, TARGETS["avg_session_seconds"])
+    d.series("Average session", kpi_sql("avg_session_seconds"), *kpi_panel("avg_session_seconds"))
     d.table("Top products by co-creation actions",
             top_products_sql("sum(co_creation_actions) AS actions,\n  sum(ideas_submitted) AS ideas,\n"
                              "  sum(ratings) AS rating_count", "actions"),
@@ -386,16 +409,16 @@ def satisfaction() -> dict:
     d = Dashboard("copulse-satisfaction", "Satisfaction & feedback",
                   "CSAT, NPS and survey responses, with the feedback behind them.")
     d.text(FILTER_NOTE)
-    d.series("CSAT (average rating 1-5)", kpi_sql("csat_avg"), "none", 2, TARGETS["csat_avg"])
-    d.series("CSAT (share of ratings 4-5)", kpi_sql("csat_pct"), "percentunit", 1, TARGETS["csat_pct"])
-    d.series("NPS", kpi_sql("nps"), "none", 0, TARGETS["nps"])
+    d.series("CSAT (average rating 1-5)", kpi_sql("csat_avg"), *kpi_panel("csat_avg"))
+    d.series("CSAT (share of ratings 4-5)", kpi_sql("csat_pct"), *kpi_panel("csat_pct"))
+    d.series("NPS", kpi_sql("nps"), *kpi_panel("nps"))
     d.series("NPS promoters and detractors", kpi_sql("nps_promoters, nps_detractors, nps_responses"), "short", 0,
              bars=True)
-    d.series("Survey response rate", kpi_sql("survey_response_rate"), "percentunit", 1, TARGETS["survey_response_rate"])
+    d.series("Survey response rate", kpi_sql("survey_response_rate"), *kpi_panel("survey_response_rate"))
     d.series("Surveys invited and answered, ratings", kpi_sql("surveys_invited, survey_responses, ratings"), "short", 0,
              bars=True)
-    d.series("CSAT by channel", breakdown_sql("channel", "channel", "csat_avg"), "none", 2, TARGETS["csat_avg"])
-    d.series("NPS by region", breakdown_sql("region", "region", "nps"), "none", 0, TARGETS["nps"])
+    d.series("CSAT by channel", breakdown_sql("channel", "channel", "csat_avg"), *kpi_panel("csat_avg"))
+    d.series("NPS by region", breakdown_sql("region", "region", "nps"), *kpi_panel("nps"))
     d.add("barchart", "Rating distribution",
           [ch_target("SELECT\n  toString(rating_score) AS rating,\n  count() AS ratings\nFROM\n(\n"
                      "  SELECT event_id, any(score) AS rating_score\n  FROM feedback\n"
@@ -419,15 +442,14 @@ def loyalty() -> dict:
     d.text(FILTER_NOTE)
     d.series("Revenue", kpi_sql("revenue"), CURRENCY, 0, bars=True)
     d.series("Orders and purchasers", kpi_sql("orders, purchasers, returning_purchasers"), "short", 0)
-    d.series("Average order value", kpi_sql("aov"), CURRENCY, 2)
-    d.series("Returning purchaser rate", kpi_sql("returning_purchaser_rate"), "percentunit", 1,
-             TARGETS["returning_purchaser_rate"],
+    d.series("Average order value", kpi_sql("aov"), *kpi_panel("aov"))
+    d.series("Returning purchaser rate", kpi_sql("returning_purchaser_rate"), *kpi_panel("returning_purchaser_rate"),
              description="Purchasers whose first purchase seen is before the window / purchasers.")
     d.series("Revenue by category", breakdown_sql("category", "category", "revenue"), CURRENCY, 0, bars=True,
              stack=True)
     d.series("Revenue by channel", breakdown_sql("channel", "channel", "revenue"), CURRENCY, 0, bars=True, stack=True)
     d.series("Returning purchaser rate by region", breakdown_sql("region", "region", "returning_purchaser_rate"),
-             "percentunit", 1, TARGETS["returning_purchaser_rate"])
+             *kpi_panel("returning_purchaser_rate"))
     d.table("Top products by revenue",
             # aliases differ from column names: ClickHouse resolves aliases before columns
             top_products_sql("sum(revenue_minor) / 100 AS revenue_total,\n  sum(orders) AS order_count,\n"
@@ -548,18 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate deploy/grafana/dashboards/*.json")
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs")
     args = parser.parse_args(argv)
-    files = render()
-    stale = [n for n, text in files.items() if not (OUT / n).is_file() or (OUT / n).read_text() != text]
-    if args.check:
-        for name in stale:
-            print(f"build_dashboards: {OUT / name} is out of date: run python deploy/grafana/build_dashboards.py",
-                  file=sys.stderr)
-        return 1 if stale else 0
-    OUT.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (OUT / name).write_text(text)
-    print(f"build_dashboards: wrote {len(files)} dashboards to {OUT}")
-    return 0
+    return write_or_check(render(), OUT, check=args.check, tool="build_dashboards",
+                          command="python deploy/grafana/build_dashboards.py")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
 Four files come out:
 
 * ``copulse_kpi_recording.yml``: ``copulse:kpi_<counter>:sum`` = the KPI gauges summed over workers
-  (``sum without(instance, job)``), and the ratios ``copulse:kpi_<ratio>`` computed from those sums, every
-  denominator guarded with ``(x > 0)`` so an empty window yields no sample instead of NaN/Inf;
+  (``sum without(instance, job)``), and the KPIs ``copulse:kpi_<kpi>`` of the catalogue
+  (copulse/scorecard/catalogue.py) computed from those sums, every denominator guarded with ``(x > 0)`` so an
+  empty window yields no sample instead of NaN/Inf;
 * ``copulse_kpi_alerts.yml``: KPI drops against a baseline, with a low-traffic floor;
 * ``copulse_pipeline_alerts.yml``: worker, consumption, watermark, dead-letter and sink alerts;
 * ``vci.yml``: the value co-creation index: max over workers, VCI drop and stale scoring alerts.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
 import sys
 from pathlib import Path
 
@@ -32,6 +32,9 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from copulse.scorecard.catalogue import VIEW_KPIS, Kpi
+from copulse.settings import duration_seconds
+from deploy.generated import write_or_check
 from streams.kpi_metrics import METRIC_NAMES
 from streams.kpis import COUNTERS
 
@@ -42,46 +45,35 @@ HEADER = (
     "# re-run the script instead of editing this file (tests/test_alert_rules.py checks they agree).\n"
 )
 
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+#: the KPIs of the kpi view computed from the summed counters (copulse/scorecard/catalogue.py), not counters
+RATIO_KPIS = tuple(kpi for kpi in VIEW_KPIS if kpi.name not in COUNTERS)
 
-#: ratio name -> (PromQL over the summed recording rules, help line)
-RATIOS: dict[str, tuple[str, str]] = {
-    "participation_rate": (
-        "copulse:kpi_participating_consumers:sum / (copulse:kpi_active_consumers:sum > 0)",
-        "share of active consumers with a co-creation action (0..1)",
-    ),
-    "csat_avg": ("copulse:kpi_rating_points:sum / (copulse:kpi_ratings:sum > 0)", "average rating (1..5)"),
-    "csat_pct": (
-        "copulse:kpi_ratings_satisfied:sum / (copulse:kpi_ratings:sum > 0)",
-        "share of ratings of 4 or 5 (0..1)",
-    ),
-    "nps": (
-        "100 * (copulse:kpi_nps_promoters:sum - copulse:kpi_nps_detractors:sum) / (copulse:kpi_nps_responses:sum > 0)",
-        "net promoter score (-100..100)",
-    ),
-    "survey_response_rate": (
-        "copulse:kpi_survey_responses:sum / (copulse:kpi_surveys_invited:sum > 0)",
-        "survey responses per invitation (0..1)",
-    ),
-    "revenue": ("copulse:kpi_revenue_minor:sum / 100", "revenue in currency units"),
-    "aov": (
-        "copulse:kpi_revenue_minor:sum / 100 / (copulse:kpi_orders:sum > 0)",
-        "average order value in currency units",
-    ),
-    "returning_purchaser_rate": (
-        "copulse:kpi_returning_purchasers:sum / (copulse:kpi_purchasers:sum > 0)",
-        "share of purchasers who bought before the window (0..1)",
-    ),
-    "avg_session_seconds": (
-        "copulse:kpi_session_seconds:sum / (copulse:kpi_sessions_timed:sum > 0)",
-        "average duration of timed sessions",
-    ),
-    "feature_adoption": (
-        'copulse:kpi_feature_users:sum{slice!~"(.*[+])?feature([+].*)?"} / (copulse:kpi_active_consumers:sum > 0)',
-        "share of active consumers using a feature (0..1; not for slices grouped by feature)",
-    ),
-}
+
+def _summed(counter: str) -> str:
+    return f"copulse:kpi_{METRIC_NAMES[counter][0]}:sum"
+
+
+def ratio_expr(kpi: Kpi) -> str:
+    """PromQL of a catalogue KPI over the summed recording rules, the denominator guarded with ``(x > 0)`` so an
+    empty window yields no sample; slices the rule cannot serve (``denominator_without``) are left out."""
+    terms = kpi.numerator_terms
+    factors = {METRIC_NAMES[counter][1] for _, counter in terms}
+    assert len(factors) == 1, f"{kpi.name}: numerator counters exported in different units"
+    divisor = kpi.numerator_divisor * factors.pop()  # the gauges already convert some units (ms -> s)
+    selector = ""
+    if kpi.denominator_without:
+        dim = kpi.denominator_without
+        selector = f'{{slice!~"(.*[+])?{dim}([+].*)?"}}'
+    numerator = " - ".join(_summed(counter) + selector for _, counter in terms)
+    expr = f"({numerator})" if len(terms) > 1 else numerator
+    if kpi.scale != 1:
+        expr = f"{kpi.scale:g} * {expr}"
+    if round(divisor, 9) != 1:
+        expr += f" / {divisor:g}"
+    if kpi.denominator is not None:
+        expr += f" / ({_summed(kpi.denominator)} > 0)"
+    return expr
+
 
 #: KPI alert key -> how it is built
 KPI_ALERTS: dict[str, dict] = {
@@ -154,17 +146,13 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def duration(text, name: str) -> str:
+    """``text`` if it is a Prometheus duration, else ValueError naming the parameter."""
     text = str(text).strip()
-    if not _DURATION.match(text):
-        raise ValueError(f"{name}: {text!r} is not a Prometheus duration such as 30s, 5m, 1h, 1d, 1w")
+    try:
+        duration_seconds(text, prometheus=True)
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a Prometheus duration such as 30s, 5m, 1h, 1d, 1w") from None
     return text
-
-
-def duration_seconds(text: str) -> int:
-    total = 0.0
-    for number, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text):
-        total += int(number) * _UNITS[unit]
-    return int(total)
 
 
 def load_params(path: Path | str | None = None, overrides: dict | None = None) -> dict:
@@ -193,7 +181,7 @@ def recording_groups() -> list[dict]:
             "expr": "max without(instance, job) (copulse_kpi_window_end_timestamp_seconds)",
         }
     )
-    ratios = [{"record": f"copulse:kpi_{name}", "expr": expr} for name, (expr, _) in RATIOS.items()]
+    ratios = [{"record": f"copulse:kpi_{kpi.name}", "expr": ratio_expr(kpi)} for kpi in RATIO_KPIS]
     return [{"name": "copulse-kpi-recording", "rules": sums + ratios}]
 
 
@@ -260,7 +248,7 @@ def _kpi_alert(key: str, spec: dict, cfg: dict, granularity_label: str, matchers
 
 def kpi_alert_groups(params: dict) -> list[dict]:
     cfg = params["kpi_alerts"]
-    granularity = str(duration_seconds(duration(cfg["granularity"], "kpi_alerts.granularity")))
+    granularity = str(duration_seconds(duration(cfg["granularity"], "kpi_alerts.granularity"), prometheus=True))
     rules = [_kpi_alert(key, spec, cfg, granularity, cfg.get("matchers") or "") for key, spec in KPI_ALERTS.items()]
     return [
         {
@@ -412,11 +400,11 @@ def pipeline_alert_groups(params: dict) -> list[dict]:
 
 
 def vci_groups(params: dict) -> list[dict]:
-    """vci.yml: the VCI gauges of the scoring job (sinks/vci.py) over workers, the VCI drop alert against a
+    """vci.yml: the VCI gauges of the scoring job (copulse/scorecard/exporter.py) over workers, the VCI drop alert against a
     baseline (low-traffic guard, for:) and an alert when scoring stopped."""
     p = params["vci_alerts"]
     job = f'job="{params.get("job", "copulse")}"'
-    sel = _selector(f'granularity="{duration_seconds(duration(p["granularity"], "vci_alerts.granularity"))}"',
+    sel = _selector(f'granularity="{duration_seconds(duration(p["granularity"], "vci_alerts.granularity"), prometheus=True)}"',
                     p.get("matchers") or "")
     offset, brange = duration(p["baseline_offset"], "vci_alerts.baseline_offset"), duration(p["baseline_range"], "vci_alerts.baseline_range")
     frange = duration(p["fallback_range"], "vci_alerts.fallback_range")
@@ -512,17 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, TypeError) as exc:
         print(f"render_rules: bad {args.params}: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    stale = [name for name, text in files.items() if not (out / name).is_file() or (out / name).read_text() != text]
-    if args.check:
-        for name in stale:
-            print(f"render_rules: {out / name} is out of date: run python deploy/prometheus/render_rules.py", file=sys.stderr)
-        return 1 if stale else 0
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (out / name).write_text(text)
-    print(f"render_rules: wrote {', '.join(str(out / n) for n in files)}")
-    return 0
+    return write_or_check(files, Path(args.out), check=args.check, tool="render_rules",
+                          command="python deploy/prometheus/render_rules.py")
 
 
 if __name__ == "__main__":

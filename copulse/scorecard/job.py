@@ -9,7 +9,7 @@
 3. per granularity of ``COPULSE_GRANULARITIES``: reads the ``kpi_final`` windows of the slices in
    ``COPULSE_VCI_SLICES`` from the last ``COPULSE_VCI_LOOKBACK_SECONDS`` that have no ``vci`` row for this
    scorecard version yet, newest first, at most ``COPULSE_VCI_BATCH_ROWS`` per run, scores them with
-   :func:`copulse.vci.score_row` and inserts them (idempotent: ReplacingMergeTree per window, slice values
+   :func:`copulse.scorecard.index.score_row` and inserts them (idempotent: ReplacingMergeTree per window, slice values
    and scorecard version);
 4. refreshes the gauges from the ``vci`` table: the newest scored window of every label set of the slices
    in ``COPULSE_METRIC_SLICES`` (label sets without a window among the newest two are dropped, at most
@@ -18,21 +18,14 @@
 ``run_safely()`` never raises (the worker must not die of a scorecard typo or a ClickHouse outage): it logs
 the first failure, stays quiet while it repeats, and logs when scoring works again.
 
-Gauges (labels ``granularity`` = window seconds, ``slice``, ``channel``, ``region`` and any other dimension
-the metric slices group by, ``''`` where a slice does not group, and ``scorecard_version``):
-``copulse_vci_index`` (0..100, absent while insufficient), ``copulse_vci_perspective_score{perspective}``
-(0..100), ``copulse_vci_kpi_attainment{perspective, kpi}`` (0..1), ``copulse_vci_insufficient`` (1 = index
-NULL), ``copulse_vci_active_consumers`` (the window's traffic, for low-traffic guards),
-``copulse_vci_window_end_timestamp_seconds``; ``copulse_vci_series{slice}`` / ``copulse_vci_series_dropped{slice}``;
-job health: ``copulse_vci_windows_scored_total{granularity}``, ``copulse_vci_runs_total{outcome}``,
-``copulse_vci_last_success_timestamp_seconds``.
+The gauges are exported by copulse/scorecard/exporter.py; job health: ``copulse_vci_windows_scored_total{granularity}``,
+``copulse_vci_runs_total{outcome}``, ``copulse_vci_last_success_timestamp_seconds``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import logging
 import sys
@@ -43,19 +36,21 @@ from pathlib import Path
 
 from clickhouse_driver import Client
 from prometheus_client import Counter, Gauge
-from prometheus_client.core import REGISTRY, CollectorRegistry, GaugeMetricFamily
+from prometheus_client.core import CollectorRegistry
 
-from copulse.scorecard import Scorecard, ScorecardError, load_scorecard, scorecard_path
-from copulse.settings import DIMENSIONS, duration_seconds, slice_dimensions
-from copulse.vci import VciResult, score_row
-from sinks.scorecard import SELECT_COLUMNS, parse_window_start
+from copulse.readmodel import NOT_MIGRATED_CODES, SELECT_COLUMNS, granularity_text, parse_window_start
+from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard, scorecard_path
+from copulse.scorecard.exporter import VciExporter
+from copulse.scorecard.index import VciResult, score_row
+from copulse.settings import DIMENSIONS, duration_seconds
+from streams.kpis import epoch_seconds
 
 log = logging.getLogger(__name__)
 
 TABLE = "vci"
-KEY_DIMENSIONS = ("channel", "region", "category", "segment", "product_id", "feature")
+#: columns of the ``vci`` table (schemas/clickhouse/0005_vci.sql), in the order of ``vci_row``
 VCI_COLUMNS: tuple[str, ...] = (
-    "granularity_seconds", "window_start", "window_end", "slice", *KEY_DIMENSIONS,
+    "granularity_seconds", "window_start", "window_end", "slice", *DIMENSIONS,
     "scorecard_version", "scorecard_name", "vci_index", "insufficient",
     "perspectives", "perspective_weights", "perspective_scores",
     "kpis", "kpi_perspectives", "kpi_values", "kpi_samples", "kpi_targets", "kpi_floors", "kpi_weights",
@@ -74,8 +69,8 @@ def vci_row(scorecard: Scorecard, kpi: dict, result: VciResult, computed_at: int
     """The ``vci`` row (VCI_COLUMNS order) of one scored ``kpi_final`` row."""
     kpis = result.kpis()
     return (
-        int(kpi["granularity_seconds"]), _epoch(kpi["window_start"]), _epoch(kpi["window_end"]), kpi["slice"],
-        *(kpi[d] for d in KEY_DIMENSIONS),
+        int(kpi["granularity_seconds"]), epoch_seconds(kpi["window_start"]), epoch_seconds(kpi["window_end"]), kpi["slice"],
+        *(kpi[d] for d in DIMENSIONS),
         scorecard.version_id, scorecard.name, result.index, 1 if result.insufficient else 0,
         [p.name for p in result.perspectives], [float(p.weight) for p in result.perspectives],
         [p.score for p in result.perspectives],
@@ -84,14 +79,6 @@ def vci_row(scorecard: Scorecard, kpi: dict, result: VciResult, computed_at: int
         [float(k.target.weight) for k in kpis], [k.attainment for k in kpis], [k.insufficient for k in kpis],
         int(kpi.get("active_consumers") or 0), int(kpi.get("events") or 0), computed_at,
     )
-
-
-def _epoch(value) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp())
-    return int(value)
 
 
 @dataclass
@@ -103,114 +90,6 @@ class RunReport:
     @property
     def total(self) -> int:
         return sum(self.scored.values())
-
-
-# ----------------------------------------------------------------------------------------------- gauges
-class VciExporter:
-    """Prometheus collector of the VCI gauges (module docstring); ``update(rows)`` replaces the snapshot."""
-
-    def __init__(self, settings, registry: CollectorRegistry | None = None) -> None:
-        self.slices = tuple(dict.fromkeys(settings.metric_slices))
-        self.max_series_per_slice = int(settings.metric_max_series_per_slice)
-        grouped = {d for s in self.slices for d in slice_dimensions(s)}
-        self.dimensions = tuple(d for d in DIMENSIONS if d in {"channel", "region"} | grouped)
-        self.label_names = ("granularity", "slice", *self.dimensions, "scorecard_version")
-        self._lock = threading.Lock()
-        self._rows: list[dict] = []
-        self._per_slice: dict[str, int] = dict.fromkeys(self.slices, 0)
-        self._dropped: dict[str, int] = dict.fromkeys(self.slices, 0)
-        self.registry = REGISTRY if registry is None else registry
-        with _EXPORTERS_LOCK:
-            previous = _EXPORTERS.get(id(self.registry))
-            if previous is not None and previous[0] is self.registry:
-                try:
-                    self.registry.unregister(previous[1])
-                except KeyError:
-                    pass
-            self.registry.register(self)
-            _EXPORTERS[id(self.registry)] = (self.registry, self)
-
-    def update(self, rows: list[dict]) -> None:
-        """``rows``: vci rows (dicts) of the newest windows; keeps the newest per label set, capped per slice."""
-        newest_start: dict[int, int] = {}
-        for r in rows:
-            g = int(r["granularity_seconds"])
-            newest_start[g] = max(newest_start.get(g, 0), _epoch(r["window_start"]))
-        best: dict[tuple, dict] = {}
-        for r in rows:
-            g = int(r["granularity_seconds"])
-            if r["slice"] not in self.slices or _epoch(r["window_start"]) + 2 * g <= newest_start[g]:
-                continue
-            key = self._labels(r)
-            if key not in best or _epoch(r["window_start"]) > _epoch(best[key]["window_start"]):
-                best[key] = r
-        per_slice = dict.fromkeys(self.slices, 0)
-        dropped = dict.fromkeys(self.slices, 0)
-        kept = []
-        for key in sorted(best):  # deterministic choice when a slice has more label sets than allowed
-            name = key[1]
-            if per_slice[name] >= self.max_series_per_slice:
-                dropped[name] += 1
-                continue
-            per_slice[name] += 1
-            kept.append((key, best[key]))
-        with self._lock:
-            self._rows = kept
-            self._per_slice, self._dropped = per_slice, dropped
-
-    def _labels(self, r: dict) -> tuple[str, ...]:
-        return (str(int(r["granularity_seconds"])), r["slice"], *(str(r[d]) for d in self.dimensions),
-                r["scorecard_version"])
-
-    def describe(self):
-        return list(self._families([], {}, {}))
-
-    def collect(self):
-        with self._lock:
-            rows, per_slice, dropped = list(self._rows), dict(self._per_slice), dict(self._dropped)
-        return list(self._families(rows, per_slice, dropped))
-
-    def _families(self, rows, per_slice, dropped):
-        labels = list(self.label_names)
-        index = GaugeMetricFamily("copulse_vci_index", "Value co-creation index (0..100) of the newest scored final "
-                                  "window; absent while the window has too little data", labels=labels)
-        perspective = GaugeMetricFamily("copulse_vci_perspective_score", "Perspective score (0..100) of the newest "
-                                        "scored final window", labels=[*labels, "perspective"])
-        kpi = GaugeMetricFamily("copulse_vci_kpi_attainment", "KPI attainment against its target (0..1) in the "
-                                "newest scored final window", labels=[*labels, "perspective", "kpi"])
-        insufficient = GaugeMetricFamily("copulse_vci_insufficient", "1 when the newest scored window has too little "
-                                         "data for an index", labels=labels)
-        active = GaugeMetricFamily("copulse_vci_active_consumers", "Active consumers of the newest scored window "
-                                   "(traffic, for low-traffic guards)", labels=labels)
-        end = GaugeMetricFamily("copulse_vci_window_end_timestamp_seconds", "End of the newest scored window "
-                                "(Unix time)", labels=labels)
-        for key, r in rows:
-            values = list(key)
-            if r["vci_index"] is not None:
-                index.add_metric(values, r["vci_index"])
-            for name, score in zip(r["perspectives"], r["perspective_scores"], strict=True):
-                if score is not None:
-                    perspective.add_metric([*values, name], score)
-            for name, pname, a in zip(r["kpis"], r["kpi_perspectives"], r["kpi_attainments"], strict=True):
-                if a is not None:
-                    kpi.add_metric([*values, pname, name], a)
-            insufficient.add_metric(values, float(r["insufficient"]))
-            active.add_metric(values, float(r["active_consumers"]))
-            end.add_metric(values, float(_epoch(r["window_end"])))
-        yield from (index, perspective, kpi, insufficient, active, end)
-        series = GaugeMetricFamily("copulse_vci_series", "VCI label sets exported, per slice", labels=["slice"])
-        for name, n in per_slice.items():
-            series.add_metric([name], n)
-        yield series
-        drops = GaugeMetricFamily("copulse_vci_series_dropped", "VCI label sets not exported because their slice had "
-                                  "COPULSE_METRIC_MAX_SERIES_PER_SLICE label sets", labels=["slice"])
-        for name, n in dropped.items():
-            drops.add_metric([name], n)
-        yield drops
-
-
-_EXPORTERS: dict[int, tuple[CollectorRegistry, VciExporter]] = {}
-_EXPORTERS_LOCK = threading.Lock()
 
 
 # ----------------------------------------------------------------------------------------------- the job
@@ -288,7 +167,7 @@ class VciJob:
         db = self.database
         params = {"g": granularity, "slices": tuple(slices), "lo": since, "hi": until, "v": card.version_id,
                   "n": limit}
-        key = "slice, window_start, channel, region, category, segment, product_id, feature"
+        key = ", ".join(("slice", "window_start", *DIMENSIONS))
         rows = self.client().execute(
             f"SELECT {', '.join(SELECT_COLUMNS)} FROM `{db}`.kpi_final "
             "WHERE granularity_seconds = %(g)s AND slice IN %(slices)s "
@@ -342,7 +221,7 @@ class VciJob:
         )
         out: list[dict] = []
         for g, start in newest:
-            params.update(g=g, lo=_epoch(start) - 2 * int(g))
+            params.update(g=g, lo=epoch_seconds(start) - 2 * int(g))
             rows = self.client().execute(
                 f"SELECT {', '.join(VCI_COLUMNS)} FROM `{db}`.{TABLE} FINAL "
                 "WHERE scorecard_version = %(v)s AND slice IN %(slices)s AND granularity_seconds = %(g)s "
@@ -418,18 +297,11 @@ def run(args, settings) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, then exit 1
         where = f"{settings.clickhouse['host']}:{settings.clickhouse['port']}"
         first = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
-        hint = "run `copulse db migrate`" if getattr(exc, "code", None) in (60, 81) else "is it up? (`make up`)"
+        hint = "run `copulse db migrate`" if getattr(exc, "code", None) in NOT_MIGRATED_CODES else "is it up? (`make up`)"
         print(f"copulse vci score: ClickHouse at {where}: {first}; {hint}", file=sys.stderr)
         return 1
     finally:
         job.close()
-    scored = ", ".join(f"{_gtext(g)}: {n}" for g, n in sorted(total.items())) or "nothing"
+    scored = ", ".join(f"{granularity_text(g)}: {n}" for g, n in sorted(total.items())) or "nothing"
     print(f"scorecard {card.name} version {card.version_id}: scored {sum(total.values())} window(s) ({scored})")
     return 0
-
-
-def _gtext(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"

@@ -1,7 +1,7 @@
 """The value co-creation scorecard: which KPIs count, their targets and weights, grouped in perspectives.
 
 A scorecard is a YAML file (``COPULSE_SCORECARD_FILE``; default: the shipped
-``copulse/scorecards/default.yaml``)::
+``copulse/scorecard/default.yaml``)::
 
     name: default                 # shown in reports
     version: "2024.1"             # optional human version; the stored version adds a content hash
@@ -11,7 +11,7 @@ A scorecard is a YAML file (``COPULSE_SCORECARD_FILE``; default: the shipped
         label: Financial          # optional display name
         weight: 0.25              # relative weight of the perspective in the index (>= 0)
         kpis:
-          aov:                    # a KPI of the catalogue below
+          aov:                    # a KPI of copulse/scorecard/catalogue.py
             target: 350           # the value that scores attainment 1 (full)
             floor: 200            # optional: the value that scores 0 (default: 0 for higher-is-better)
             direction: higher     # higher | lower (which way is better; default higher)
@@ -25,7 +25,7 @@ A scorecard is a YAML file (``COPULSE_SCORECARD_FILE``; default: the shipped
 the field and how to fix it (:class:`ScorecardError`). :func:`Scorecard.version_id` is the stored version:
 a content hash (12 hex digits of SHA-256 over the validated scorecard, so comments and formatting do not
 matter, nor fields left at their default), prefixed by the human ``version`` when there is one. The index itself is computed by
-:mod:`copulse.vci`.
+:mod:`copulse.scorecard.index`.
 """
 
 from __future__ import annotations
@@ -33,75 +33,21 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from copulse.scorecard.catalogue import SCORECARD_KPIS, Direction
 from copulse.settings import duration_seconds
 
 DEFAULT_SCORECARD = "default.yaml"
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-# ----------------------------------------------------------------------------------------------- catalogue
-@dataclass(frozen=True)
-class KpiDef:
-    """A KPI a scorecard may use. ``sample`` is the column whose value is the KPI's sample size (its
-    denominator), compared with ``min_sample``. ``additive`` KPIs grow with the window length and the slice
-    size (revenue, orders): they need ``per`` and suit the overall slice; every other KPI is a ratio."""
-
-    name: str
-    label: str
-    unit: str  # rate | score | nps | money | seconds | count | ratio
-    sample: str
-    additive: bool = False
-    description: str = ""
-
-
-CATALOGUE: dict[str, KpiDef] = {
-    k.name: k
-    for k in (
-        KpiDef("revenue", "Revenue", "money", "active_consumers", True, "revenue of the window"),
-        KpiDef("orders", "Orders", "count", "active_consumers", True, "distinct orders"),
-        KpiDef("aov", "Average order value", "money", "orders", False, "revenue / orders"),
-        KpiDef("revenue_per_active_consumer", "Revenue per active consumer", "money", "active_consumers", False,
-               "revenue / active consumers"),
-        KpiDef("orders_per_active_consumer", "Orders per active consumer", "ratio", "active_consumers", False,
-               "orders / active consumers"),
-        KpiDef("purchaser_rate", "Purchaser rate", "rate", "active_consumers", False,
-               "purchasers / active consumers"),
-        KpiDef("csat_avg", "CSAT (average 1-5)", "score", "ratings", False, "rating_sum / ratings"),
-        KpiDef("csat_pct", "CSAT (share satisfied)", "rate", "ratings", False, "ratings of 4-5 / ratings"),
-        KpiDef("nps", "NPS", "nps", "nps_responses", False, "100 * (promoters - detractors) / responses"),
-        KpiDef("survey_response_rate", "Survey response rate", "rate", "surveys_invited", False,
-               "survey responses / invitations"),
-        KpiDef("participation_rate", "Participation rate", "rate", "active_consumers", False,
-               "participating consumers / active consumers"),
-        KpiDef("co_creation_per_active_consumer", "Co-creation actions per active consumer", "ratio",
-               "active_consumers", False, "co-creation actions / active consumers"),
-        KpiDef("ideas_per_100_active_consumers", "Ideas per 100 active consumers", "ratio", "active_consumers",
-               False, "100 * ideas submitted / active consumers"),
-        KpiDef("co_creation_actions", "Co-creation actions", "count", "active_consumers", True,
-               "reviews, ideas, votes, survey answers, beta use, ..."),
-        KpiDef("ideas_submitted", "Ideas submitted", "count", "active_consumers", True, "ideas"),
-        KpiDef("returning_purchaser_rate", "Returning purchaser rate", "rate", "purchasers", False,
-               "purchasers who bought before the window / purchasers"),
-        KpiDef("feature_adoption", "Feature adoption", "rate", "feature_adoption_denominator", False,
-               "feature users / active consumers"),
-        KpiDef("avg_session_seconds", "Average session", "seconds", "sessions_timed", False,
-               "session duration / timed sessions"),
-        KpiDef("sessions", "Sessions", "count", "active_consumers", True, "sessions started"),
-        KpiDef("active_consumers", "Active consumers", "count", "active_consumers", True,
-               "distinct consumers with any event"),
-    )
-}
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -118,7 +64,7 @@ class Override(_Strict):
 class KpiSpec(_Strict):
     target: float
     floor: float | None = None
-    direction: Literal["higher", "lower"] = "higher"
+    direction: Direction = "higher"
     weight: float = Field(1.0, ge=0)
     min_sample: int = Field(0, ge=0)
     per: str | None = None
@@ -167,7 +113,7 @@ class Perspective:
 
 class Scorecard:
     """A validated scorecard. ``targets(granularity_seconds)`` resolves per-granularity overrides and the
-    ``per`` scaling of additive KPIs, which is what :func:`copulse.vci.compute` needs."""
+    ``per`` scaling of additive KPIs, which is what :func:`copulse.scorecard.index.compute` needs."""
 
     def __init__(self, model: ScorecardModel, source: str = "<memory>") -> None:
         self.model = model
@@ -208,10 +154,10 @@ class Scorecard:
         for pname, p in self.model.perspectives.items():
             kpis = []
             for kname, spec in p.kpis.items():
-                kdef = CATALOGUE[kname]
+                kdef = SCORECARD_KPIS[kname]
                 target, floor, min_sample = _effective(spec, granularity_seconds)
                 kpis.append(
-                    KpiTarget(pname, kname, spec.label or kdef.label, kdef.unit, kdef.sample, spec.direction,
+                    KpiTarget(pname, kname, spec.label or kdef.label, kdef.unit, kdef.sample_column, spec.direction,
                               spec.weight, target, floor, min_sample)
                 )
             out.append(Perspective(pname, p.label or pname.replace("_", " ").capitalize(), p.weight, tuple(kpis)))
@@ -260,14 +206,14 @@ class ScorecardError(ValueError):
         lines = "\n".join(f"  - {i.text()}" for i in issues)
         super().__init__(
             f"scorecard {source} is invalid ({len(issues)} problem{'s' if len(issues) != 1 else ''}):\n{lines}\n"
-            "  (format: README, section 'Value co-creation scorecard'; example: the shipped "
-            "copulse/scorecards/default.yaml)"
+            "  (format: docs/scorecard.md; example: the shipped "
+            "copulse/scorecard/default.yaml)"
         )
 
 
 # ----------------------------------------------------------------------------------------------- loading
 def default_scorecard_path() -> Path:
-    return Path(str(resources.files("copulse").joinpath("scorecards", DEFAULT_SCORECARD)))
+    return Path(str(resources.files("copulse.scorecard").joinpath(DEFAULT_SCORECARD)))
 
 
 def scorecard_path(settings=None) -> Path:
@@ -282,7 +228,7 @@ def load_scorecard(path: str | Path | None = None, *, settings=None) -> Scorecar
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ScorecardError(str(file), [Issue((), "file not found; fix COPULSE_SCORECARD_FILE or create it "
-                                                    "(start from copulse/scorecards/default.yaml)")]) from None
+                                                    "(start from copulse/scorecard/default.yaml)")]) from None
     except OSError as exc:
         raise ScorecardError(str(file), [Issue((), f"cannot read it ({exc.strerror})")]) from None
     return parse_scorecard(text, source=str(file))
@@ -373,14 +319,14 @@ def _name_issues(data: dict) -> list[Issue]:
     perspectives = data.get("perspectives")
     if not isinstance(perspectives, dict):
         return issues
-    names = list(CATALOGUE)
+    names = list(SCORECARD_KPIS)
     for pname, p in perspectives.items():
         base = ("perspectives", pname)
         if not _ID.match(str(pname)):
             issues.append(Issue(base, "perspective ids are lower-case letters, digits and '_', starting with a letter"))
         kpis = p.get("kpis") if isinstance(p, dict) else None
         for kname in kpis if isinstance(kpis, dict) else ():
-            if kname not in CATALOGUE:
+            if kname not in SCORECARD_KPIS:
                 guess = difflib.get_close_matches(str(kname), names, n=1, cutoff=0.5)
                 issues.append(Issue(base + ("kpis", kname), f"unknown KPI '{kname}'"
                                     + (f" (did you mean '{guess[0]}'?)" if guess else "")
@@ -395,7 +341,7 @@ def _semantic_issues(model: ScorecardModel) -> list[Issue]:
         base = ("perspectives", pname)
         for kname, spec in p.kpis.items():
             path = base + ("kpis", kname)
-            kdef = CATALOGUE.get(kname)
+            kdef = SCORECARD_KPIS.get(kname)
             if kdef is None:  # reported by _name_issues
                 continue
             if kname in seen:
@@ -528,24 +474,3 @@ def run(args, settings) -> int:
                           f"{k.target:g}", f"{k.min_sample} ({k.sample_column})")
     console.print(table)
     return 0
-
-
-def format_value(value: Any, unit: str, *, na: str = "—") -> str:
-    """A KPI value as people read it, by the unit of its scorecard entry (live view, report, ``copulse kpis``)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return na
-    if unit == "rate":
-        return f"{value * 100:.1f} %"
-    if unit == "score":
-        return f"{value:.2f}"
-    if unit == "nps":
-        return f"{value:+.1f}"
-    if unit == "money":
-        return f"{value:,.2f}"
-    if unit == "seconds":
-        return f"{value:.0f} s"
-    if unit == "ratio":
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    if unit == "index":
-        return f"{value:.1f}"
-    return f"{value:,.0f}"

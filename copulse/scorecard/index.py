@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 
-from copulse.scorecard import CATALOGUE, KpiTarget, Scorecard
+from copulse.scorecard.catalogue import SCORECARD_KPIS
+from copulse.scorecard.definition import KpiTarget, Scorecard
 
 __all__ = ["KpiInput", "KpiScore", "PerspectiveScore", "VciResult", "attainment", "compute", "kpi_inputs",
            "score_row"]
@@ -135,53 +135,22 @@ def compute(scorecard: Scorecard, granularity_seconds: int, inputs: Mapping[str,
 
 
 # ----------------------------------------------------------------------------------------------- KPI rows
-def _num(value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, Decimal):
-        return float(value)
-    return float(value)
-
-
-def _ratio(numerator, denominator, factor: float = 1.0) -> float | None:
-    d = _num(denominator) or 0.0
-    return None if d == 0 else factor * (_num(numerator) or 0.0) / d
+def _number(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def kpi_inputs(row: Mapping) -> dict[str, KpiInput]:
-    """Value and sample of every catalogue KPI from a row of the ``kpi`` / ``kpi_final`` views (a mapping of
-    column -> value). Ratio columns of the view are used when present, else derived from the counters."""
-    active = _num(row.get("active_consumers")) or 0.0
-    revenue = _num(row["revenue"]) if row.get("revenue") is not None else (_num(row.get("revenue_minor")) or 0) / 100
-    derived = {
-        "revenue": revenue,
-        "revenue_per_active_consumer": None if active == 0 else revenue / active,
-        "orders_per_active_consumer": _ratio(row.get("orders"), active),
-        "purchaser_rate": _ratio(row.get("purchasers"), active),
-        "co_creation_per_active_consumer": _ratio(row.get("co_creation_actions"), active),
-        "ideas_per_100_active_consumers": _ratio(row.get("ideas_submitted"), active, 100.0),
-        "participation_rate": _ratio(row.get("participating_consumers"), active),
-        "csat_avg": _ratio(row.get("rating_sum"), row.get("ratings")),
-        "csat_pct": _ratio(row.get("ratings_satisfied"), row.get("ratings")),
-        "nps": _ratio((_num(row.get("nps_promoters")) or 0) - (_num(row.get("nps_detractors")) or 0),
-                      row.get("nps_responses"), 100.0),
-        "survey_response_rate": _ratio(row.get("survey_responses"), row.get("surveys_invited")),
-        "aov": _ratio(revenue, row.get("orders")),
-        "returning_purchaser_rate": _ratio(row.get("returning_purchasers"), row.get("purchasers")),
-        "avg_session_seconds": _ratio(row.get("session_ms"), row.get("sessions_timed"), 0.001),
-    }
-    samples = dict(row)
-    samples.setdefault("feature_adoption_denominator", active)
-    derived["feature_adoption"] = _ratio(row.get("feature_users"), samples["feature_adoption_denominator"])
+    """Value and sample of every scorecard KPI (copulse/scorecard/catalogue.py) from a row of the ``kpi`` /
+    ``kpi_final`` views (a mapping of column -> value). The view's KPI columns are used when present (its
+    rounded aov, its feature-adoption denominator), else the KPI is computed from the counters."""
     out = {}
-    for name, kdef in CATALOGUE.items():
-        if kdef.additive:
-            value = revenue if name == "revenue" else _num(row.get(name, 0))
-        elif name in row and name not in ("revenue",):
-            value = _num(row[name])
+    for name, kpi in SCORECARD_KPIS.items():
+        if name in row and (row[name] is not None or not kpi.additive):
+            value = _number(row[name])
         else:
-            value = derived[name]
-        out[name] = KpiInput(value, _num(samples.get(kdef.sample)) or 0.0)
+            value = _number(kpi.value(row))
+        sample = kpi.denominator_value(row) if not kpi.additive else row.get(kpi.sample_column)
+        out[name] = KpiInput(value, _number(sample) or 0.0)
     return out
 
 
