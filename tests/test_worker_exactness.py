@@ -18,7 +18,7 @@ from streams.codec import encode
 from streams.errors import HEADER_REASON, HEADER_SOURCE_OFFSET
 from tests.oracle import expected_kpis
 from tests.test_engine import random_messages
-from tests.worker_harness import WorkerProcess, final_kpis, produce, read_topic, worker_env
+from tests.worker_harness import WorkerProcess, faust_worker, final_kpis, produce, read_topic, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,17 @@ def test_final_kpis_equal_oracle(isolated, kafka_bootstrap, tmp_path):
     want = expected(settings, sent)
     got = wait_for_finals(client, database, want, worker)
     assert got == want
+
+
+def test_faust_command_line_runs_the_same_worker(isolated, kafka_bootstrap, tmp_path):
+    """The app is module-level, so Faust's own `faust -A streams.app worker` runs the worker (start-up included)."""
+    env, settings, client, database, workers = isolated
+    sent = send_events(kafka_bootstrap, settings, random_messages(102, 400, consumers=50))
+    worker = WorkerProcess(env, tmp_path / "faust-worker.log", command=faust_worker(tmp_path / "faust-data"))
+    workers.append(worker)
+    worker.start()
+    want = expected(settings, sent)
+    assert wait_for_finals(client, database, want, worker) == want
 
 
 @pytest.mark.slow
@@ -167,6 +178,17 @@ def oracle_input(lines: list[dict]) -> list[dict]:
     """Valid, duplicate and late messages as the oracle reads them (invalid ones are not its business)."""
     return [{"type": m["type"], "partition": m["partition"], "offset": m["offset"], "event": m["event"]}
             for m in lines if m["expected"] != "invalid"]
+
+
+def test_faust_command_line_runs_the_same_worker(isolated, kafka_bootstrap, tmp_path):
+    """The app is module-level, so Faust's own `faust -A streams.app worker` runs the worker (start-up included)."""
+    env, settings, client, database, workers = isolated
+    sent = send_events(kafka_bootstrap, settings, random_messages(102, 400, consumers=50))
+    worker = WorkerProcess(env, tmp_path / "faust-worker.log", command=faust_worker(tmp_path / "faust-data"))
+    workers.append(worker)
+    worker.start()
+    want = expected(settings, sent)
+    assert wait_for_finals(client, database, want, worker) == want
 
 
 @pytest.mark.slow

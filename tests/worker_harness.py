@@ -77,16 +77,25 @@ def remove_resources(kafka_bootstrap: str, client: Client, settings: Settings) -
         admin.close()
 
 
+COPULSE_WORKER = [sys.executable, "-m", "copulse.cli", "worker", "--loglevel", "warning"]
+
+
+def faust_worker(datadir: Path) -> list[str]:
+    """Faust's own command line for the module-level app (its data directory given, as Faust's CLI wants)."""
+    return [sys.executable, "-m", "faust", "-A", "streams.app", "--datadir", str(datadir), "worker", "--loglevel", "warn"]
+
+
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: list[str] = COPULSE_WORKER) -> None:
         self.env = dict(os.environ, **env)
         self.log_path = log_path
+        self.command = command
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "copulse.cli", "worker", "--loglevel", "warning"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def kill9(self) -> None:
         assert self.proc is not None
