@@ -26,7 +26,7 @@ from benchmarks.common import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "limit", "faust", "peer", "latency", "memory")
+PARTS = ("throughput", "limit", "faust", "peer", "latency", "memory", "idle")
 
 
 def cross_check(cp: tuple[dict, dict], peer: dict, end_ms: int) -> tuple[int, int]:
@@ -133,6 +133,11 @@ def run_suite(args) -> int:
                     stat(f"mem{n}_rss").add(m["rss_state"] / 2**20)
                     stat(f"mem{n}_bpm").add(m["bytes_per_membership"])
                     stat(f"mem{n}_bpc").add(m["bytes_per_consumer"])
+        if "idle" not in skip:
+            from benchmarks import idle
+
+            progress("idle worker and the make-run demo load")
+            info["idle"] = idle.measure(args.idle_seconds, args.demo_seconds, args.demo_rate, tmp)
     finally:
         progress("cleaning up topics")
         delete_topics(lambda t: t.startswith(prefix))
@@ -158,7 +163,7 @@ def render(info: dict, s: dict[str, Stat], checks: list, args) -> str:
     rows = [
         ("**Throughput** (one worker process, pre-loaded topics)", "", ""),
         ("copulse end-to-end: first message -> all offsets committed and final rows of every window stored",
-         f("cp_rate", unit=" ev/s"), ">= 50,000 ev/s"),
+         f("cp_rate", unit=" ev/s"), ""),
         ("copulse, per CPU-second of the worker process", f("cp_cpu", unit=" ev/CPU-s"), ""),
         ("copulse first message -> all offsets committed", f("cp_rate_committed", unit=" ev/s"), ""),
         ("copulse start-up (process start -> first message; not in the rate)", f("cp_startup", ".1f", " s"), ""),
@@ -168,9 +173,9 @@ def render(info: dict, s: dict[str, Stat], checks: list, args) -> str:
          f("faust_rate", unit=" ev/s"), ""),
         ("Quix Streams peer (events/min/channel + active consumers/min), first message -> committed",
          f("peer_rate", unit=" ev/s"), ""),
-        ("copulse / decode-only limit (same round)", f("ratio_limit", ".3f", "x"), ">= 0.5"),
-        ("copulse / peer, both first message -> committed (same round)", f("ratio_peer", ".2f", "x"), "> 1"),
-        ("copulse / Faust ceiling, both first message -> committed (same round)", f("ratio_faust", ".3f", "x"), ""),
+        ("copulse / decode-only limit (same round)", f("ratio_limit", ".3f", "x"), "reported (moonshot >= 0.25)"),
+        ("copulse / peer, both first message -> committed (same round)", f("ratio_peer", ".2f", "x"), ">= 2"),
+        ("copulse / Faust ceiling, both first message -> committed (same round)", f("ratio_faust", ".3f", "x"), ">= 0.6"),
         ("peer figures equal to copulse's (closed minutes, all rounds)",
          f"{sum(m for m, _ in checks)}/{sum(c for _, c in checks)}" if checks else "not run", "all"),
         ("**Latency** (steady load, event time = now, probes every 0.25 s)", "", ""),
@@ -182,19 +187,26 @@ def render(info: dict, s: dict[str, Stat], checks: list, args) -> str:
              q3(f"lat{emit}_provisional"), "p99 <= 2 s"),
             (f"emit interval {emit} s: provisional p99 over runs", f(f"lat{emit}_provisional_p99", ".2f", " s"), ""),
             (f"emit interval {emit} s: window end -> final row per partition, p50 / p95 / p99 (incl. 30 s lateness)",
-             q3(f"lat{emit}_final"), ""),
+             q3(f"lat{emit}_final"), "p99 <= 32 s (30 s lateness + 2 s)"),
         ]
     rows.append(("**Memory** (engine fed directly in a subprocess; 1 m + 1 h windows, 8 slices)", "", ""))
     for n in args.memory_consumers:
         rows += [
             (f"{n:,} distinct consumers per hour: engine state (RSS growth)", f(f"mem{n}_rss", ",.1f", " MiB"), ""),
-            (f"{n:,}/h: bytes per distinct consumer per window and slice", f(f"mem{n}_bpm", ",.0f", " B"), "<= 200 B"),
+            (f"{n:,}/h: bytes per distinct consumer per window and slice", f(f"mem{n}_bpm", ",.0f", " B"), "<= 150 B"),
             (f"{n:,}/h: bytes per distinct consumer", f(f"mem{n}_bpc", ",.0f", " B"), ""),
         ]
     worker_rss = (f"real worker peak RSS, throughput run ({info['consumers']:,} consumers, "
                   f"{info.get('messages', 0):,} events)")
     rows.append((worker_rss, f("cp_rss", ",.0f", " MiB"), ""))
     rows.append(("Quix peer peak RSS, same run", f("peer_rss", ",.0f", " MiB"), ""))
+    rows.append(("**Idle and demo load** (one worker; benchmarks/idle.py)", "", ""))
+    if "idle" in info:
+        from benchmarks import idle
+
+        rows += idle.rows(info["idle"], args.demo_rate)
+    else:
+        rows.append(("idle worker and make-run demo", "not run", ""))
     lines = [
         f"copulse benchmarks — {info['started']}",
         f"machine: {info['machine']}",
@@ -250,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra COPULSE_* settings of the copulse throughput runs, e.g. "
                              "COPULSE_SINK_FLUSH_SECONDS=5,COPULSE_SINK_BATCH_ROWS=20000 (default: none)")
     parser.add_argument("--memory-1m-runs", type=int, default=1, help="runs for >= 1M consumers (default 1)")
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="idle: seconds measured (default 60)")
+    parser.add_argument("--demo-seconds", type=float, default=120.0, help="idle: demo load seconds measured (default 120)")
+    parser.add_argument("--demo-rate", type=float, default=30.0, help="idle: demo load in events/s (default 30, as make run)")
     args = parser.parse_args(argv)
     return run_profile(args) if args.command == "profile" else run_suite(args)
 

@@ -131,6 +131,29 @@ class Proc:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process (and its reaped children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return sum(int(x) for x in fields[11:15]) / ticks
+    except OSError:
+        return 0.0
+
+
 def worker_proc(env: dict[str, str], log_path: Path) -> Proc:
     return Proc([sys.executable, "-m", "copulse.cli", "worker", "--loglevel", "warning"], env, log_path)
 

@@ -24,7 +24,6 @@ flushed, like copulse's acks).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -42,32 +41,12 @@ from benchmarks.common import (
     scrape,
     worker_env,
     worker_proc,
+    cpu_seconds,
+    rss_bytes,
 )
 from benchmarks.load import Dataset
 
 POLL = 0.1
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _cpu(pid: int) -> float:
-    """user + system CPU seconds of a process (and its reaped children)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return sum(int(x) for x in fields[11:15]) / ticks
-    except OSError:
-        return 0.0
 
 
 def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, extra_env: dict | None = None,
@@ -89,7 +68,7 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
             if metric_sum(scrape(port, timeout=1), "copulse_events_consumed_total") > 0:
                 break
             time.sleep(0.05)
-        first, cpu_first = time.time(), _cpu(worker.pid)
+        first, cpu_first = time.time(), cpu_seconds(worker.pid)
         out["startup"] = first - worker.started
         if on_first:
             on_first(worker.pid)
@@ -106,7 +85,7 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
             now = time.time()
             if now > deadline:
                 raise RuntimeError(f"not done after {timeout} s (committed={committed}, final={final})")
-            peak = max(peak, _rss(worker.pid))
+            peak = max(peak, rss_bytes(worker.pid))
             if committed is None:
                 n = watch.committed(app_id)
                 if n >= watch.total:
@@ -120,7 +99,7 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
                     final = time.time()
             time.sleep(POLL)
         done = max(committed, final)
-        cpu_done = _cpu(worker.pid)
+        cpu_done = cpu_seconds(worker.pid)
         out.update(first=first, committed=committed, final=final, done=done, seconds=done - first,
                    rate=ds.messages / (done - first), cpu=cpu_done - cpu_first, peak_rss=peak,
                    rate_committed=ds.messages / (committed - first))
@@ -209,7 +188,7 @@ def run_peer(ds: Dataset, group: str, tmp: Path, *, timeout: float = 900) -> dic
             now = time.time()
             if now > deadline:
                 raise RuntimeError(f"peer not done after {timeout} s:\n{proc.tail()}")
-            peak = max(peak, _rss(proc.pid))
+            peak = max(peak, rss_bytes(proc.pid))
             n = watch.committed(group)
             if n >= watch.total:
                 done = time.time()

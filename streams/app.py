@@ -22,6 +22,7 @@ import asyncio
 import logging
 
 import faust
+from faust.app.base import BootStrategy
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ConsumerStoppedError
 from mode import Service
@@ -82,10 +83,21 @@ class PipelineService(Service):
             pass
 
 
+class WorkerBoot(BootStrategy):
+    """Faust's services minus its Kafka consumer (with its conductor and tables) and producer: copulse has no
+    agent and no Faust table, and brings its own consumer and producer. Without them an idle worker does not
+    poll Kafka on Faust's behalf."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
 class CopulseApp(faust.App):
     """A Faust app that starts the pipeline with the app itself, not after Faust's own rebalance and
     recovery: after a kill -9 that rebalance waits out the dead member's session, and the source consumer
     has nothing to wait for there (its own group does its own waiting)."""
+
+    BootStrategy = WorkerBoot
 
     def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
         super().__init__(

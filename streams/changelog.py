@@ -22,6 +22,7 @@ SEP = "\x1f"
 CONSUMER, AGGREGATE, CLOCKS = "c", "w", "k"
 
 Record = tuple[str, bytes | None]  # (key, value or None to delete)
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # compact; values are plain data
 AggregateKey = tuple[int, int, str, tuple[str, ...]]  # (granularity ms, window start ms, slice, slice values)
 
 
@@ -85,7 +86,7 @@ def parse_membership_key(key: str) -> tuple[str, tuple[str, ...], str]:
 
 
 def consumer_record(partition: int, consumer_id: str, state: ConsumerState | None) -> Record:
-    value = None if state is None else json.dumps(
+    value = None if state is None else _encode(
         {"o": state.applied, "fp": state.first_purchase_ms, "ids": state.event_ids, "e": state.memberships}).encode()
     return f"{CONSUMER}{SEP}{partition}{SEP}{consumer_id}", value
 
@@ -97,11 +98,11 @@ def aggregate_key(partition: int, key: AggregateKey) -> str:
 
 def aggregate_record(partition: int, key: AggregateKey, counters: list[int], applied: dict[str, int],
                      emitted: int) -> Record:
-    return aggregate_key(partition, key), json.dumps([counters, applied, emitted]).encode()
+    return aggregate_key(partition, key), _encode([counters, applied, emitted]).encode()
 
 
 def clocks_record(partition: int, sources: dict[str, list[int]], combined_watermark: int) -> Record:
-    return f"{CLOCKS}{SEP}{partition}", json.dumps({"s": sources, "wm": combined_watermark}).encode()
+    return f"{CLOCKS}{SEP}{partition}", _encode({"s": sources, "wm": combined_watermark}).encode()
 
 
 def decode(records: Iterable[tuple[str, bytes]]) -> StoredState:
