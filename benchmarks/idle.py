@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import (
-    KAFKA,
+    OffsetWatch,
     Proc,
     cpu_seconds,
+    delete_topics,
     drop_database,
     metric_sum,
     progress,
@@ -38,15 +39,11 @@ from benchmarks.common import (
 
 def changelog_end(topic: str) -> int:
     """Sum of the end offsets of a topic's partitions (0 while it does not exist)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=KAFKA)
+    watch = OffsetWatch([topic])
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in parts]) if parts else {}
-        return sum(ends.values())
+        return watch.total
     finally:
-        consumer.close()
+        watch.close()
 
 
 def warning_lines(log: Path, since_line: int) -> list[str]:
@@ -108,20 +105,8 @@ def measure(idle_seconds: float, demo_seconds: float, rate: float, tmp: Path) ->
             generator.stop()
         worker.stop()
         drop_database(settings.clickhouse["database"])
-        _delete_topics(settings)
+        delete_topics(lambda t: t.startswith(app_id))  # input, DLQ, late and changelog topics all start with it
     return out
-
-
-def _delete_topics(settings) -> None:
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=KAFKA)
-    try:
-        names = [*settings.source_topics.values(), settings.topic_dlq, settings.topic_late,
-                 f"{settings.app_id}-state-changelog"]
-        admin.delete_topics([n for n in names if n in set(admin.list_topics())])
-    finally:
-        admin.close()
 
 
 def rows(out: dict, rate: float) -> list[tuple[str, str, str]]:

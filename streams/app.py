@@ -99,7 +99,7 @@ class CopulseApp(faust.App):
 
     BootStrategy = WorkerBoot
 
-    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__(
             f"{settings.app_id}-app",
             broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -113,7 +113,6 @@ class CopulseApp(faust.App):
             web_bind=settings.bind_host,
         )
         self.settings = settings
-        self.sink = sink
         self.prepared = False  # ClickHouse migrated, topics created, /metrics served (streams/startup.py)
         self.pipeline_service: PipelineService | None = None
 
@@ -122,7 +121,7 @@ class CopulseApp(faust.App):
         if not self.prepared:  # started by `faust -A streams.app worker` rather than `copulse worker`
             await asyncio.to_thread(startup.prepare_or_exit, self.settings)
             self.prepared = True
-        self.pipeline_service = PipelineService(self.settings, self.sink or ClickHouseSink(self.settings),
+        self.pipeline_service = PipelineService(self.settings, ClickHouseSink(self.settings),
                                                 loop=self.loop, beacon=self.beacon)
         self.add_dependency(self.pipeline_service)  # stopped (flush, leave the group) with the app
         await self.pipeline_service.maybe_start()

@@ -40,6 +40,7 @@ OFFSET_MASK = (1 << OFFSET_BITS) - 1
 SOURCE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}  # stable across restarts
 SOURCE_KEY = {t: str(i) for t, i in SOURCE_INDEX.items()}  # the source's key in clocks and ``applied``
 RETURNING = COUNTER_INDEX["returning_purchasers"]
+DISTINCT_INDEX = {tag: COUNTER_INDEX[name] for tag, name in DISTINCT_COUNTER.items()}  # tag (first char) -> counter
 
 MEMBERSHIP_KEY_CACHE_MAX = 100_000  # slice values per slice whose membership key strings are shared
 
@@ -134,7 +135,7 @@ class PartitionEngine:
             return Outcome.DUPLICATE
         adder = (int(source) << OFFSET_BITS) | offset
         deltas, tags = contributions(event)
-        distinct = [(COUNTER_INDEX[DISTINCT_COUNTER[tag[0]]], tag == PURCHASER) for tag in tags]
+        distinct = [(DISTINCT_INDEX[tag[0]], tag == PURCHASER) for tag in tags]
         values_by_slice = self._slice_memberships(dimension_values(event), tags)
         memberships = consumer.memberships
         purchasers = self.purchasers

@@ -67,16 +67,12 @@ def serve_metrics(settings) -> str | None:
     return None
 
 
-def prepare_all(settings) -> str | None:
-    """Everything above, in order; returns the first problem (a message saying what to do) or None."""
+def prepare_or_exit(settings) -> None:
+    """Everything above, in order, for ``copulse worker`` and ``faust -A streams.app worker`` alike: the first
+    problem ends the process (exit 1) with its message, which says what to do."""
     # kafka-python (topic set-up) logs every connection step at INFO: keep its warnings only
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    return prepare_patiently(settings) or serve_metrics(settings)
-
-
-def prepare_or_exit(settings) -> None:
-    """``prepare_all`` for a worker Faust started itself: a problem ends the process with its message."""
-    problem = prepare_all(settings)
+    problem = prepare_patiently(settings) or serve_metrics(settings)
     if problem:
         print(f"copulse worker: {problem}", file=sys.stderr)
         raise SystemExit(1)

@@ -3,8 +3,6 @@ of streams/app.py, exactly as ``faust -A streams.app worker`` would."""
 
 from __future__ import annotations
 
-import sys
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--loglevel", default="info", help="Faust worker log level (default: info)")
@@ -15,10 +13,7 @@ def run(args, settings) -> int:
 
     from streams import startup
 
-    problem = startup.prepare_all(settings)
-    if problem:
-        print(f"copulse worker: {problem}", file=sys.stderr)
-        return 1
+    startup.prepare_or_exit(settings)  # a problem ends the process (exit 1) with a message saying what to do
     from streams.app import app  # built from the environment, like ``settings``
 
     app.prepared = True

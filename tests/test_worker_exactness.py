@@ -81,17 +81,6 @@ def test_final_kpis_equal_oracle(isolated, kafka_bootstrap, tmp_path):
     assert got == want
 
 
-def test_faust_command_line_runs_the_same_worker(isolated, kafka_bootstrap, tmp_path):
-    """The app is module-level, so Faust's own `faust -A streams.app worker` runs the worker (start-up included)."""
-    env, settings, client, database, workers = isolated
-    sent = send_events(kafka_bootstrap, settings, random_messages(102, 400, consumers=50))
-    worker = WorkerProcess(env, tmp_path / "faust-worker.log", command=faust_worker(tmp_path / "faust-data"))
-    workers.append(worker)
-    worker.start()
-    want = expected(settings, sent)
-    assert wait_for_finals(client, database, want, worker) == want
-
-
 @pytest.mark.slow
 def test_final_kpis_equal_oracle_after_kill_9(isolated, kafka_bootstrap, tmp_path):
     env, settings, client, database, workers = isolated
