@@ -70,8 +70,10 @@ def serve_metrics(settings) -> str | None:
 def prepare_or_exit(settings) -> None:
     """Everything above, in order, for ``copulse worker`` and ``faust -A streams.app worker`` alike: the first
     problem ends the process (exit 1) with its message, which says what to do."""
-    # kafka-python (topic set-up) logs every connection step at INFO: keep its warnings only
+    # kafka-python (topic set-up) logs every connection step at INFO: keep its warnings only. clickhouse-driver
+    # logs a traceback per failed connection attempt: the start-up wait and the sink say it once each
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
     problem = prepare_patiently(settings) or serve_metrics(settings)
     if problem:
         print(f"copulse worker: {problem}", file=sys.stderr)
