@@ -26,7 +26,7 @@ from benchmarks.common import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "limit", "faust", "peer", "latency", "memory", "idle")
+PARTS = ("throughput", "two_workers", "limit", "faust", "peer", "latency", "memory", "idle")
 
 
 def cross_check(cp: tuple[dict, dict], peer: dict, end_ms: int) -> tuple[int, int]:
@@ -79,8 +79,24 @@ def run_suite(args) -> int:
                     stat("cp_cpu").add(cp["events_per_cpu_s"])
                     stat("cp_startup").add(cp["startup"])
                     stat("cp_rss").add(cp["peak_rss"] / 2**20)
+                    stat("cp_cores").add(cp["cpu"] / cp["seconds"])
+                    for name in ("kafka", "clickhouse"):
+                        if f"cpu_{name}" in cp:
+                            stat(f"cp_cpu_{name}").add(cp[f"cpu_{name}"] / cp["seconds"])
                     progress(f"  copulse: {cp['rate']:,.0f} events/s ({cp['seconds']:.1f} s, "
                              f"{cp['events_per_cpu_s']:,.0f} events per CPU-s, start-up {cp['startup']:.1f} s)")
+                if "two_workers" not in skip:
+                    two = throughput.run_copulse(ds, f"{prefix}_cp2w{r}", tmp, extra_env=args.worker_env, workers=2)
+                    stat("cp2_rate").add(two["rate"])
+                    stat("cp2_cpu").add(two["cpu"] / two["seconds"])
+                    for name in ("kafka", "clickhouse"):
+                        if f"cpu_{name}" in two:
+                            stat(f"cp2_cpu_{name}").add(two[f"cpu_{name}"] / two["seconds"])
+                    if cp:
+                        stat("ratio_two").add(two["rate"] / cp["rate"])
+                    progress(f"  two workers: {two['rate']:,.0f} events/s ({two['seconds']:.1f} s; cores busy: workers "
+                             f"{two['cpu'] / two['seconds']:.2f}, kafka {two.get('cpu_kafka', 0) / two['seconds']:.2f}, "
+                             f"clickhouse {two.get('cpu_clickhouse', 0) / two['seconds']:.2f})")
                 if "limit" not in skip:
                     lim = throughput.run_limit(ds)
                     stat("limit_rate").add(lim["rate"])
@@ -166,6 +182,12 @@ def render(info: dict, s: dict[str, Stat], checks: list, args) -> str:
          f("cp_rate", unit=" ev/s"), ""),
         ("copulse, per CPU-second of the worker process", f("cp_cpu", unit=" ev/CPU-s"), ""),
         ("copulse first message -> all offsets committed", f("cp_rate_committed", unit=" ev/s"), ""),
+        ("cores busy during the copulse run: worker / Kafka / ClickHouse",
+         " / ".join(f(n, ".2f") for n in ("cp_cores", "cp_cpu_kafka", "cp_cpu_clickhouse")), "of 2"),
+        ("two worker processes (one group), same data: end-to-end", f("cp2_rate", unit=" ev/s"), ""),
+        ("two workers / one worker (same round)", f("ratio_two", ".2f", "x"), "reported"),
+        ("cores busy during the two-worker run: workers / Kafka / ClickHouse",
+         " / ".join(f(n, ".2f") for n in ("cp2_cpu", "cp2_cpu_kafka", "cp2_cpu_clickhouse")), "of 2"),
         ("copulse start-up (process start -> first message; not in the rate)", f("cp_startup", ".1f", " s"), ""),
         ("decode-only limit: aiokafka fetch + streams.codec.Decoder", f("limit_rate", unit=" ev/s"), ""),
         ("fetch only: aiokafka, no decode", f("fetch_rate", unit=" ev/s"), ""),

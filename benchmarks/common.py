@@ -143,6 +143,16 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def stack_pids() -> dict[str, int]:
+    """Service -> pid of the local stack's Kafka and ClickHouse (deploy/stack.sh pid; missing ones left out)."""
+    pids = {}
+    for service in ("kafka", "clickhouse"):
+        out = subprocess.run([str(REPO_DIR / "deploy" / "stack.sh"), "pid", service], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip().isdigit():
+            pids[service] = int(out.stdout.strip())
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
     """user + system CPU seconds of a process (and its reaped children)."""
     try:

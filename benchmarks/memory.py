@@ -11,7 +11,7 @@ windows close and are pruned as event time passes, like in the worker. Measured 
 when the 1 h window holds every consumer (the worker's peak):
 
 * ``rss_state`` = RSS at the end - RSS after start-up (interpreter, imports, empty engine), after gc;
-* ``memberships`` = distinct (consumer, window, slice values) in the consumers' membership entries;
+* ``memberships`` = distinct (consumer, window, slice values) the consumers' membership entries project onto;
 * ``bytes_per_membership`` = rss_state / memberships: everything the engine holds (membership entries,
   event ids kept for deduplication, aggregates, indexes) per distinct consumer per window and slice.
 
@@ -76,7 +76,7 @@ def events(n: int, hour_ms: int):
 
 def measure(n: int) -> dict:
     from copulse.settings import Settings
-    from streams.changelog import SEP
+    from streams import membership
     from streams.engine import SOURCE_INDEX, PartitionEngine
 
     settings = Settings()
@@ -99,10 +99,11 @@ def measure(n: int) -> dict:
     state = rss() - base
     memberships = 0
     consumer_windows = 0
-    for consumer in engine.consumers.values():
-        for entries in consumer.memberships.values():
+    for window_members in engine.members.values():
+        for entry in window_members.values():
             consumer_windows += 1
-            memberships += len({k.rsplit(SEP, 1)[0] for k in entries})
+            for _, _, project in engine._projections:
+                memberships += len(membership.projected(entry, project)[0])
     return {
         "consumers": n, "events": 2 * n, "rss_state": state, "memberships": memberships,
         "consumer_windows": consumer_windows, "bytes_per_membership": state / memberships if memberships else None,

@@ -43,6 +43,7 @@ from benchmarks.common import (
     worker_proc,
     cpu_seconds,
     rss_bytes,
+    stack_pids,
 )
 from benchmarks.load import Dataset
 
@@ -50,28 +51,44 @@ POLL = 0.1
 
 
 def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, extra_env: dict | None = None,
-                on_first=None) -> dict:
-    env = worker_env(app_id, ds.prefix, tmp, COPULSE_PARTITIONS=ds.partitions, **(extra_env or {}))
-    port = int(env["COPULSE_METRICS_PORT"])
+                on_first=None, workers: int = 1) -> dict:
+    """``workers`` worker processes of one app (one consumer group) on the data; CPU is their sum, RSS the
+    highest peak of one of them."""
+    envs = []
+    for i in range(workers):
+        env = worker_env(app_id, ds.prefix, tmp, COPULSE_PARTITIONS=ds.partitions, **(extra_env or {}))
+        env["COPULSE_WORKER_DATA_DIR"] += f"-{i}"
+        envs.append(env)
+    ports = [int(env["COPULSE_METRICS_PORT"]) for env in envs]
     watch = OffsetWatch(ds.topics)
     assert watch.total == ds.messages, (watch.total, ds.messages)
-    worker = worker_proc(env, tmp / f"{app_id}.log")
-    out: dict = {"app_id": app_id, "pid": worker.pid}
+    procs = [worker_proc(env, tmp / f"{app_id}-{i}.log") for i, env in enumerate(envs)]
+    out: dict = {"app_id": app_id, "pid": procs[0].pid, "workers": workers}
     client = None
+
+    def check_alive(what: str) -> None:
+        for worker in procs:
+            if not worker.alive():
+                raise RuntimeError(f"worker died{what}:\n{worker.tail()}")
+
+    def consumed() -> float:
+        return sum(metric_sum(scrape(port, timeout=1), "copulse_events_consumed_total") for port in ports)
+
     try:
         deadline = time.time() + 120
         while True:
-            if not worker.alive():
-                raise RuntimeError(f"worker died during start-up:\n{worker.tail()}")
+            check_alive(" during start-up")
             if time.time() > deadline:
-                raise RuntimeError(f"worker consumed nothing in 120 s:\n{worker.tail()}")
-            if metric_sum(scrape(port, timeout=1), "copulse_events_consumed_total") > 0:
+                raise RuntimeError(f"workers consumed nothing in 120 s:\n{procs[0].tail()}")
+            if consumed() > 0:
                 break
             time.sleep(0.05)
-        first, cpu_first = time.time(), cpu_seconds(worker.pid)
-        out["startup"] = first - worker.started
+        services = stack_pids()
+        first, cpu_first = time.time(), sum(cpu_seconds(w.pid) for w in procs)
+        service_first = {name: cpu_seconds(pid) for name, pid in services.items()}
+        out["startup"] = first - min(w.started for w in procs)
         if on_first:
-            on_first(worker.pid)
+            on_first(procs[0].pid)
         client = ch_client(app_id)
         committed = final = None
         peak = 0
@@ -80,12 +97,11 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
                  "GROUP BY granularity_seconds")
         next_report = first + 5
         while committed is None or final is None:
-            if not worker.alive():
-                raise RuntimeError(f"worker died:\n{worker.tail()}")
+            check_alive("")
             now = time.time()
             if now > deadline:
                 raise RuntimeError(f"not done after {timeout} s (committed={committed}, final={final})")
-            peak = max(peak, rss_bytes(worker.pid))
+            peak = max(peak, *(rss_bytes(w.pid) for w in procs))
             if committed is None:
                 n = watch.committed(app_id)
                 if n >= watch.total:
@@ -99,15 +115,17 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
                     final = time.time()
             time.sleep(POLL)
         done = max(committed, final)
-        cpu_done = cpu_seconds(worker.pid)
+        cpu_done = sum(cpu_seconds(w.pid) for w in procs)
+        for name, pid in services.items():  # what the broker and ClickHouse spent meanwhile, on the same cores
+            out[f"cpu_{name}"] = cpu_seconds(pid) - service_first[name]
         out.update(first=first, committed=committed, final=final, done=done, seconds=done - first,
                    rate=ds.messages / (done - first), cpu=cpu_done - cpu_first, peak_rss=peak,
                    rate_committed=ds.messages / (committed - first))
         out["events_per_cpu_s"] = ds.messages / out["cpu"] if out["cpu"] > 0 else None
-        metrics = scrape(port)
-        out["folded"] = metric_sum(metrics, "copulse_events_processed_total", outcome="folded")
-        out["not_folded"] = metric_sum(metrics, "copulse_events_processed_total") - out["folded"]
-        out["dead_lettered"] = metric_sum(metrics, "copulse_events_dead_lettered_total")
+        scraped = [scrape(port) for port in ports]
+        out["folded"] = sum(metric_sum(m, "copulse_events_processed_total", outcome="folded") for m in scraped)
+        out["not_folded"] = sum(metric_sum(m, "copulse_events_processed_total") for m in scraped) - out["folded"]
+        out["dead_lettered"] = sum(metric_sum(m, "copulse_events_dead_lettered_total") for m in scraped)
         out["kpi_rows"] = client.execute("SELECT count() FROM kpi_windows")[0][0]
         out["minute_kpis"] = copulse_minute_kpis(app_id)
         if out["folded"] != ds.messages or out["dead_lettered"]:
@@ -115,7 +133,8 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
                      f"({out['not_folded']:.0f} not folded, {out['dead_lettered']:.0f} dead-lettered)")
         return out
     finally:
-        worker.stop()
+        for worker in procs:
+            worker.stop()
         if client is not None:
             client.disconnect()
         watch.close()

@@ -99,46 +99,54 @@ def kpi_row(**values: Any) -> KpiRow:
     return KpiRow(**full)
 
 
-#: Membership tags: the distinct counters an event can claim for its consumer in a window aggregate. The short
-#: strings are part of the changelog's membership keys (streams/changelog.py): never change them.
-ACTIVE, PARTICIPATING, PURCHASER, FEATURE_USER = "a", "p", "b", "f"
-ORDER = "o:"  # + order_id: one membership per order -> orders
-#: tag (or tag prefix) -> the distinct counter it feeds
+#: Membership bits: the distinct counters an event can claim for its consumer in a window aggregate (each counted
+#: once per consumer and aggregate). The bit values are part of the stored changelog format (streams/changelog.py):
+#: never change them. Orders are counted the same way, once per (consumer, order_id) and aggregate.
+ACTIVE, PARTICIPATING, PURCHASER, FEATURE_USER = 1, 2, 4, 8
 DISTINCT_COUNTER = {ACTIVE: "active_consumers", PARTICIPATING: "participating_consumers", PURCHASER: "purchasers",
-                    FEATURE_USER: "feature_users", ORDER[0]: "orders"}
+                    FEATURE_USER: "feature_users"}
+ORDERS_COUNTER = "orders"
 
 COUNTER_INDEX = {name: i for i, name in enumerate(COUNTERS)}
 _I = COUNTER_INDEX
 
 
-def contributions(event: Event) -> tuple[list[tuple[int, int]], list[str]]:
-    """What one event adds to every aggregate it belongs to: (counter index, increment) pairs of the additive
-    counters, and the membership tags it claims (each counted once per consumer, or per order, and window)."""
+class Contribution(NamedTuple):
+    """What one event adds to every aggregate it belongs to."""
+
+    deltas: list[tuple[int, int]]  # (counter index, increment) of the additive counters
+    bits: int  # membership bits it claims for its consumer
+    order_id: str | None  # the order it claims (purchases)
+
+
+def contributions(event: Event) -> Contribution:
     rec = event.record
     deltas = [(_I["events"], 1)]
-    tags = [ACTIVE]
+    bits = ACTIVE
+    order_id = None
     if event.type == "purchase":
         deltas.append((_I["revenue_minor"], int(rec["amount"].scaleb(2))))
-        tags += [PURCHASER, ORDER + rec["order_id"]]
+        bits |= PURCHASER
+        order_id = rec["order_id"]
     elif event.type == "usage":
         action = rec["action"]
         if rec.get("co_creation"):
             deltas.append((_I["co_creation_actions"], 1))
-            tags.append(PARTICIPATING)
+            bits |= PARTICIPATING
         if action == "session_start":
             deltas.append((_I["sessions"], 1))
         elif action == "session_end" and rec.get("duration_ms") is not None:
             deltas += [(_I["sessions_timed"], 1), (_I["session_ms"], int(rec["duration_ms"]))]
         elif action == "feature_use":
             deltas.append((_I["feature_uses"], 1))
-            tags.append(FEATURE_USER)
+            bits |= FEATURE_USER
     else:  # feedback
         kind, score = rec["kind"], rec.get("score")
         if kind == "survey_invited":
             deltas.append((_I["surveys_invited"], 1))
         else:
             deltas.append((_I["co_creation_actions"], 1))
-            tags.append(PARTICIPATING)
+            bits |= PARTICIPATING
         if kind == "survey_response":
             deltas.append((_I["survey_responses"], 1))
         elif kind == "idea":
@@ -148,7 +156,7 @@ def contributions(event: Event) -> tuple[list[tuple[int, int]], list[str]]:
         elif kind == "nps":
             deltas += [(_I["nps_responses"], 1), (_I["nps_promoters"], int(score >= 9)),
                        (_I["nps_detractors"], int(score <= 6))]
-    return deltas, tags
+    return Contribution(deltas, bits, order_id)
 
 
 def dimension_values(event: Event) -> tuple:

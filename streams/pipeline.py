@@ -77,7 +77,7 @@ class Pipeline:
     # ------------------------------------------------------------------ partitions
     def restore(self, partition: int, records: list[tuple[str, bytes]]) -> PartitionEngine:
         engine = self.engines[partition] = PartitionEngine(partition, self.settings)
-        engine.restore(changelog.decode(records))
+        engine.restore(changelog.decode(records, engine.intern))
         log.info("partition %d: state restored (%d open windows, %d consumers)",
                  partition, len(engine.windows), len(engine.consumers))
         return engine
