@@ -223,14 +223,13 @@ def test_options_are_validated():
 def test_jsonl_partitions_and_offsets_match_what_kafka_holds(kafka_bootstrap, topic_factory, tmp_path):
     from kafka import KafkaConsumer, TopicPartition
 
-    topics = {t: topic_factory(partitions=3, prefix=f"gen_{t}") for t in ("purchases", "usage", "feedback")}
+    topics = {t: topic_factory(partitions=3, prefix=f"gen_{t}") for t in ("purchases", "usage", "feedback", "responses")}
     settings = unit_settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_purchases=topics["purchases"], topic_usage=topics["usage"], topic_feedback=topics["feedback"],
+        kafka_bootstrap_servers=kafka_bootstrap, **{f"topic_{t}": name for t, name in topics.items()},
     )  # fmt: skip
     now_ms = int(time.time() * 1000)
     options = GeneratorOptions(count=3000, seed=11, start_ms=now_ms - 3_600_000, consumers=300, invalid_fraction=0.1,
-                               duplicate_fraction=0.02, late_fraction=0.02)  # fmt: skip
+                               duplicate_fraction=0.02, late_fraction=0.02, enterprise_time_scale=1 / 3600)  # fmt: skip
     sent = list(generate_events(settings, options))
     out = tmp_path / "sent.jsonl"
     started = time.perf_counter()
