@@ -21,6 +21,7 @@ Expected outcomes of a message (``expected`` in the JSONL):
 
 from __future__ import annotations
 
+import argparse
 import base64
 import bisect
 import json
@@ -34,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -775,6 +777,17 @@ def parse_start(text: str | None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _fraction(text: str) -> float:
+    """'0.01' or '1/360' -> a positive float (argparse type)."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/360") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
 def add_arguments(parser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--count", type=int, help="messages to send in total (valid + duplicate + late + invalid)")
@@ -788,7 +801,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--late-fraction", type=float, default=0.0, help="share of events older than the allowed lateness")
     parser.add_argument("--duplicate-fraction", type=float, default=0.0, help="share of byte-identical re-sends")
     parser.add_argument("--invalid-fraction", type=float, default=0.0, help="share of invalid messages (random reason each)")
-    parser.add_argument("--enterprise-time-scale", type=float, default=1.0, metavar="F",
+    parser.add_argument("--enterprise-time-scale", type=_fraction, default=1.0, metavar="F",
                         help="enterprise delays (responses, idea funnel: hours to weeks) x F; 1/360 turns an hour into 10 s (default 1)")
     parser.add_argument("--out", metavar="FILE.jsonl", help="write every message sent, with partition, offset and expectation")
     parser.add_argument("--no-kafka", action="store_true", help="do not produce, only write --out")

@@ -205,6 +205,19 @@ def test_cli_writes_the_same_file_for_the_same_seed(tmp_path, monkeypatch):
     assert json.loads(a.splitlines()[0])["event"]["occurred_at"].startswith("2024-05-01T12:00:00")
 
 
+def test_cli_enterprise_time_scale_takes_a_fraction(tmp_path, capsys):
+    args = ["generate", "--no-kafka", "--count", "2000", "--seed", "5", "--start", "2024-05-01T12:00:00Z", "--rate", "0",
+            "--quiet", "--out"]  # fmt: skip
+    assert cli.main([*args, str(tmp_path / "slow.jsonl")]) == 0
+    assert cli.main([*args, str(tmp_path / "fast.jsonl"), "--enterprise-time-scale", "1/3600"]) == 0
+    responses = {name: sum(json.loads(line)["type"] == "response" for line in (tmp_path / f"{name}.jsonl").open())
+                 for name in ("slow", "fast")}
+    assert responses["fast"] > responses["slow"]  # 20 s of event time: realistic delays have barely begun
+    assert "by type: purchase" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*args, str(tmp_path / "x.jsonl"), "--enterprise-time-scale", "0"])
+
+
 def test_cli_refuses_unbounded_file_only_runs(tmp_path, capsys):
     assert cli.main(["generate", "--no-kafka", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert cli.main(["generate", "--no-kafka", "--count", "5"]) == 2
