@@ -74,6 +74,7 @@ def topic_env(prefix: str) -> dict[str, str]:
         "COPULSE_TOPIC_PURCHASES": f"{prefix}.purchases",
         "COPULSE_TOPIC_USAGE": f"{prefix}.usage",
         "COPULSE_TOPIC_FEEDBACK": f"{prefix}.feedback",
+        "COPULSE_TOPIC_RESPONSES": f"{prefix}.responses",
     }
 
 

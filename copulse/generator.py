@@ -1,4 +1,5 @@
-"""``copulse generate``: a seeded simulation of consumers producing purchase, usage and feedback events.
+"""``copulse generate``: a seeded simulation of consumers producing purchase, usage and feedback events, and of
+the enterprise answering them (responses, idea status changes, closed cases: copulse/enterprise.py).
 
 Generation (:func:`generate_events`) is pure and deterministic: the same seed, start and options give the
 same messages byte for byte (every id comes from the seeded RNG, never uuid4 or the clock). Producing
@@ -13,12 +14,14 @@ Expected outcomes of a message (``expected`` in the JSONL):
   recent enough not to be late, so the engine must drop it as a duplicate;
 * ``late`` -- a valid event whose time is older than allowed lateness permits: it is keyed and typed like
   an earlier valid message (same topic-partition) and lies more than ``allowed_lateness + finest window``
-  before it, so its window is closed however the partitions interleave;
+  before it, so its window is closed however the partitions interleave (enterprise events are folded into no
+  window yet: the worker stores late ones raw like on-time ones and sends them to no late topic);
 * ``invalid`` -- exactly one defect, ``reason`` is the dead-letter reason code decode_event must give.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import bisect
 import json
@@ -32,12 +35,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
 from streams import errors as R
+from copulse.enterprise import Enterprise
 from streams.codec import HEADER, MAGIC_BYTE, encode
-from streams.schemas import schema_ids
+from streams.events import EVENT_TYPES
+from streams.schemas import latest_schema_id, schema_ids
 from streams.validation import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,7 @@ BUG_TEXTS = (
     "Firmware update stuck at 99%.", "Wrong size shown in the configurator.",
 )  # fmt: skip
 BAD_CHANNELS = ("email", "kiosk", "fax", "WEB", "social")
+IDEA_STATUSES = ("under_review", "planned", "in_progress", "shipped", "declined")
 OTHER_CURRENCIES = ("USD", "GBP", "CHF", "SEK", "PLN", "EUR")
 
 
@@ -97,7 +104,7 @@ class GeneratedMessage:
     topic: str
     key: bytes | None
     value: bytes
-    type: str  # event type of the record inside ('purchase' | 'usage' | 'feedback')
+    type: str  # event type of the record inside (streams.events.EVENT_TYPES)
     schema_id: int  # schema id in the frame (as intended; a corrupted frame may say otherwise)
     expected: str  # 'valid' | 'duplicate' | 'late' | 'invalid'
     reason: str | None  # dead-letter reason code for 'invalid'
@@ -187,10 +194,11 @@ class GeneratorOptions:
     duplicate_fraction: float = 0.0
     invalid_fraction: float = 0.0
     usage_v1_share: float = 0.3  # consumers on an old app that still writes usage v1 (schema 201)
+    enterprise_time_scale: float = 1.0  # enterprise delays (hours to weeks) x this; 1/360: an hour takes 10 s
 
 
 class Simulation:
-    """The seeded world: consumers, products, sessions, orders, surveys and ideas."""
+    """The seeded world: consumers, products, sessions, orders, surveys and ideas, and the enterprise."""
 
     def __init__(self, settings: Any, options: GeneratorOptions):
         if options.consumers < 1:
@@ -222,6 +230,8 @@ class Simulation:
         self.ideas: deque[tuple[str, _Product]] = deque(maxlen=256)
         self.recent_buyers: deque[tuple[_Consumer, _Product, str]] = deque(maxlen=2048)
         self.usage_ids = schema_ids("usage")
+        self.response_id = latest_schema_id("response")
+        self.enterprise = Enterprise(self.rng, self._id, options.enterprise_time_scale)
         self._build_products()
         self._build_population()
 
@@ -367,6 +377,9 @@ class Simulation:
             if kind == "review":
                 product, score = args
                 return self._feedback(c, now_ms, c.digital, "review", product, score=score, text=rng.choice(REVIEW_TEXTS))
+        follow_up = self.enterprise.due(now_ms)  # the enterprise answers feedback, moves ideas, closes cases
+        if follow_up is not None:
+            return "response", self.response_id, follow_up
         # company-side: invite a recent buyer to a satisfaction survey
         if self.recent_buyers and rng.random() < 0.04:
             c, product, channel = self.recent_buyers.popleft()
@@ -439,12 +452,20 @@ class Simulation:
             session = (f"s-{self.rng.getrandbits(64):016x}", at_ms, c.digital, product, 0)
             return self._usage(c, at_ms, "feature_use", session, feature=FEATURES[self._pick(self._feature_cum)])
         kind = rng.choice(("rating", "nps", "review", "idea", "bug_report"))
-        if kind in ("rating", "review"):
+        if event_type == "feedback" and kind in ("rating", "review"):
             return self._feedback(c, at_ms, c.digital, kind, product, score=self._rating_score(),
                                   text=rng.choice(REVIEW_TEXTS) if kind == "review" else None)  # fmt: skip
-        if kind == "nps":
+        if event_type == "feedback" and kind == "nps":
             return self._feedback(c, at_ms, c.digital, kind, product, score=self._pick(self._nps_cum))
-        return self._feedback(c, at_ms, c.digital, kind, product, text=rng.choice(IDEA_TEXTS if kind == "idea" else BUG_TEXTS))
+        if event_type == "feedback":
+            return self._feedback(c, at_ms, c.digital, kind, product, text=rng.choice(IDEA_TEXTS if kind == "idea" else BUG_TEXTS))
+        # response: about the consumer's latest feedback (a fresh bug report the enterprise heard of elsewhere if none)
+        about = self.enterprise.last_feedback.get(c.consumer_id) or self._feedback(c, at_ms, c.digital, "bug_report", product)[2]
+        if about["kind"] == "idea":
+            record = self.enterprise.record(about, at_ms, "idea_status", "product", status=rng.choice(IDEA_STATUSES))
+        else:
+            record = self.enterprise.record(about, at_ms, rng.choice(("response", "case_closed")), "support")
+        return "response", self.response_id, record
 
     # ------------------------------------------------------------------------------ messages
     def _message(self, expected, reason, event_type, schema_id, record, *, topic=None, key=..., value=None, consumer=None):
@@ -489,6 +510,8 @@ class Simulation:
         msg = self._message(VALID, None, event_type, schema_id, record)
         self.max_valid_ms = max(self.max_valid_ms, now)
         self.recent.append(msg)
+        if event_type == "feedback":
+            self.enterprise.heard(record)
         return msg
 
     def _duplicate(self) -> GeneratedMessage:
@@ -523,10 +546,11 @@ class Simulation:
         rng = self.rng
         reason = rng.choice(INVALID_REASONS)
         c = self.population[self._pick(self.consumer_cum)]
-        types = ("purchase", "usage", "feedback")
+        types = EVENT_TYPES
         event_type = {
             R.NEGATIVE_AMOUNT: "purchase", R.NEGATIVE_QUANTITY: "purchase", R.UNSUPPORTED_CURRENCY: "purchase",
             R.SCORE_OUT_OF_RANGE: "feedback", R.MISSING_SCORE: "feedback",
+            R.MISSING_STATUS: "response", R.UNEXPECTED_STATUS: "response",
         }.get(reason) or rng.choice(types)  # fmt: skip
         event_type, schema_id, record = self._standalone(c, now_ms, event_type)
         kw: dict[str, Any] = {}
@@ -561,6 +585,10 @@ class Simulation:
         elif reason == R.MISSING_SCORE:
             record["kind"] = rng.choice(("rating", "nps"))
             record["score"] = None
+        elif reason == R.MISSING_STATUS:
+            record["kind"], record["status"] = "idea_status", None
+        elif reason == R.UNEXPECTED_STATUS:
+            record["kind"], record["status"] = rng.choice(("response", "case_closed")), rng.choice(IDEA_STATUSES)
         elif reason == R.NEGATIVE_AMOUNT:
             record["amount"] = -record["amount"] if record["amount"] else Decimal("-1.00")
         elif reason == R.NEGATIVE_QUANTITY:
@@ -572,7 +600,8 @@ class Simulation:
         elif reason == R.UNSUPPORTED_CURRENCY:
             record["currency"] = rng.choice([x for x in OTHER_CURRENCIES if x != self.currency])
         elif reason == R.INVALID_FIELD:
-            flaw = rng.choice(("event_id", "product_id", "seconds", "quantity" if event_type == "purchase" else "event_id"))
+            own_flaw = {"purchase": "quantity", "response": "in_reply_to"}.get(event_type, "event_id")
+            flaw = rng.choice(("event_id", "product_id", "seconds", own_flaw))
             if flaw == "seconds":
                 record["occurred_at"] = now_ms // 1000  # epoch seconds instead of milliseconds
             elif flaw == "quantity":
@@ -610,6 +639,7 @@ class ProduceStats:
     acked: int = 0
     failed: int = 0
     by_expected: Counter = field(default_factory=Counter)
+    by_type: Counter = field(default_factory=Counter)  # event type of the record inside, every message
     seconds: float = 0.0
 
     @property
@@ -705,6 +735,7 @@ def produce(
                 fh.write(msg.json_line(None, None) + "\n")
             stats.sent += 1
             stats.by_expected[msg.expected] += 1
+            stats.by_type[msg.type] += 1
             now = time.monotonic()
             if now >= next_report:
                 if kafka:
@@ -746,6 +777,17 @@ def parse_start(text: str | None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _fraction(text: str) -> float:
+    """'0.01' or '1/360' -> a positive float (argparse type)."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/360") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
 def add_arguments(parser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--count", type=int, help="messages to send in total (valid + duplicate + late + invalid)")
@@ -759,6 +801,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--late-fraction", type=float, default=0.0, help="share of events older than the allowed lateness")
     parser.add_argument("--duplicate-fraction", type=float, default=0.0, help="share of byte-identical re-sends")
     parser.add_argument("--invalid-fraction", type=float, default=0.0, help="share of invalid messages (random reason each)")
+    parser.add_argument("--enterprise-time-scale", type=_fraction, default=1.0, metavar="F",
+                        help="enterprise delays (responses, idea funnel: hours to weeks) x F; 1/360 turns an hour into 10 s (default 1)")
     parser.add_argument("--out", metavar="FILE.jsonl", help="write every message sent, with partition, offset and expectation")
     parser.add_argument("--no-kafka", action="store_true", help="do not produce, only write --out")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -797,6 +841,7 @@ def run(args, settings) -> int:
         late_fraction=args.late_fraction,
         duplicate_fraction=args.duplicate_fraction,
         invalid_fraction=args.invalid_fraction,
+        enterprise_time_scale=args.enterprise_time_scale,
     )
     _warn_future(options, args.rate, settings)
     try:
@@ -824,7 +869,8 @@ def run(args, settings) -> int:
     print(
         f"copulse generate: {stats.sent} messages in {stats.seconds:.1f} s ({stats.rate:.0f}/s), "
         f"acked {stats.acked}, failed {stats.failed}: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(stats.by_expected.items())),
+        + ", ".join(f"{k} {v}" for k, v in sorted(stats.by_expected.items()))
+        + "; by type: " + ", ".join(f"{t} {stats.by_type[t]}" for t in EVENT_TYPES),
         file=sys.stderr,
     )
     return 1 if stats.failed else 0

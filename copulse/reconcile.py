@@ -2,7 +2,7 @@
 
     copulse reconcile --from 2026-05-01T00:00Z --to 2026-05-01T06:00Z [--granularity 1h] [--repair]
 
-1. **Read** the three input topics straight from Kafka: every partition from the first record whose
+1. **Read** the input topics straight from Kafka: every partition from the first record whose
    producer timestamp is >= ``from - margin`` (``offsets_for_times``) up to the end offsets taken at the start.
    Kafka timestamps are producer times, not event times, hence the generous margin (:func:`margin_seconds`).
 2. **Recompute** the final KPIs with one fresh :class:`~streams.engine.PartitionEngine` per partition index,
@@ -12,7 +12,8 @@
    its ``rejected`` table and treated as the worker did: events late because an idle watermark had already
    closed their window (``late`` / ``window_closed``) and events too far ahead of its clock (``dlq`` /
    ``future_event_time``) are left out. First purchases before the read start (returning purchasers) come
-   from the raw ``purchases`` table.
+   from the raw ``purchases`` table. Enterprise events (``copulse.responses``) are folded into no KPI, as in
+   the worker: they are only compared with their raw table.
 3. **Compare** every final partial (granularity, window, slice values, source partition) of the windows fully
    inside [from, to) with the newest version of that key in ``kpi_windows``, and every valid event with event
    time in [from, to) with the raw tables (by ``event_id``).
@@ -38,12 +39,12 @@ from datetime import UTC, datetime
 from copulse.readmodel import parse_window_start
 from copulse.settings import duration_seconds, slice_dimensions
 from sinks.rows import EVENT_TABLES
-from streams.engine import Outcome, PartitionEngine
+from streams.engine import SOURCE_KEY, Outcome, PartitionEngine
 from streams.errors import FUTURE_EVENT_TIME
 from streams.errors import WINDOW_CLOSED as WINDOW_CLOSED_REASON
 from streams.errors import DeadLetter, RetryableError
 from streams.batch import RawEvent, SinkBatch
-from streams.events import EVENT_TYPES, Event
+from streams.events import ENTERPRISE_TYPES, EVENT_TYPES, Event
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow, epoch_seconds
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE = 0, 1, 2
@@ -53,8 +54,10 @@ MAX_SHOWN = 50  # difference lines printed
 KAFKA_STALL_SECONDS = 30.0
 
 _C0 = len(KEY_COLUMNS)
-TOPIC_VARS = {"purchase": "COPULSE_TOPIC_PURCHASES", "usage": "COPULSE_TOPIC_USAGE", "feedback": "COPULSE_TOPIC_FEEDBACK"}
+TOPIC_VARS = {"purchase": "COPULSE_TOPIC_PURCHASES", "usage": "COPULSE_TOPIC_USAGE", "feedback": "COPULSE_TOPIC_FEEDBACK",
+              "response": "COPULSE_TOPIC_RESPONSES"}
 MATCH, DIFFERS, MISSING, EXTRA, NOT_FINAL = "match", "differs", "missing", "extra", "not final"
+STORED_RAW = "stored raw"  # outcome of a valid enterprise event (streams.events.ENTERPRISE_TYPES)
 
 
 class ReconcileError(RuntimeError):
@@ -289,6 +292,11 @@ def recompute(settings, read: KafkaRead, messages: dict[tuple[str, int], list[Me
                 engine.skip(m.etype, m.offset, now)
                 out.outcomes[f"worker {rejected}"] += 1
                 if rejected == WINDOW_CLOSED_REASON and in_range:  # the worker kept it raw
+                    out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = RawEvent(m.event, p, m.offset)
+            elif m.etype in ENTERPRISE_TYPES:  # as the worker does: stored raw, its clock moves, nothing folded
+                engine.wm.observe(SOURCE_KEY[m.etype], m.offset, m.event.occurred_ms, now)
+                out.outcomes[STORED_RAW] += 1
+                if in_range:
                     out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = RawEvent(m.event, p, m.offset)
             else:
                 outcome = engine.process(m.event, m.offset, now)
@@ -542,7 +550,8 @@ def _run(args, settings) -> int:
     print(f"read {n_read} records of {', '.join(read.topics.values())} ({len(read.partitions)} partitions) produced "
           f"since {iso(read_from_ms)} (--from minus the margin of {margin // 60} min) up to the end offsets at start")
     print(f"recomputed: {o[Outcome.FOLDED]} folded, {o[Outcome.DUPLICATE]} duplicates, {o[Outcome.LATE]} late, {o['dead letter']} dead "
-          "letters skipped" + (f", {o[Outcome.WINDOW_CLOSED]} window_closed" if o[Outcome.WINDOW_CLOSED] else ""))
+          "letters skipped" + (f", {o[Outcome.WINDOW_CLOSED]} window_closed" if o[Outcome.WINDOW_CLOSED] else "")
+          + (f", {o[STORED_RAW]} enterprise events (stored raw, not folded)" if o[STORED_RAW] else ""))
     print(f"left out as the worker did (its decisions depended on its wall clock, see table rejected): "
           f"{o['worker ' + WINDOW_CLOSED_REASON]} late with reason window_closed (an idle watermark had closed "
           f"their window), {o['worker ' + FUTURE_EVENT_TIME]} dead-lettered as future_event_time")

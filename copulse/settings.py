@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     topic_purchases: str = Field("copulse.purchases", description="purchase events topic")
     topic_usage: str = Field("copulse.usage", description="usage events topic")
     topic_feedback: str = Field("copulse.feedback", description="feedback events topic")
+    topic_responses: str = Field("copulse.responses", description="enterprise events topic: responses, idea status changes, closed cases")
     topic_dlq: str = Field("copulse.dlq", description="dead-letter topic (original key and bytes, reason headers)")
     topic_late: str = Field("copulse.late", description="events too late for their window")
 
@@ -154,7 +155,8 @@ class Settings(BaseSettings):
     @property
     def source_topics(self) -> dict[str, str]:
         """event type -> topic name."""
-        return {"purchase": self.topic_purchases, "usage": self.topic_usage, "feedback": self.topic_feedback}
+        return {"purchase": self.topic_purchases, "usage": self.topic_usage, "feedback": self.topic_feedback,
+                "response": self.topic_responses}
 
     @property
     def clickhouse(self) -> dict:

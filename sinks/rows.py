@@ -13,7 +13,8 @@ from streams.batch import RawEvent, Reject
 from streams.kpis import ROW_COLUMNS
 
 #: event type -> raw table
-EVENT_TABLES: dict[str, str] = {"purchase": "purchases", "usage": "usage_events", "feedback": "feedback"}
+EVENT_TABLES: dict[str, str] = {"purchase": "purchases", "usage": "usage_events", "feedback": "feedback",
+                                "response": "responses"}
 
 _COMMON_HEAD = (
     "event_id",
@@ -33,6 +34,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "purchase": ("order_id", "quantity", "amount", "currency"),
     "usage": ("session_id", "action", "feature", "duration_ms", "co_creation", "app_version"),
     "feedback": ("kind", "score", "text", "in_reply_to"),
+    "response": ("kind", "in_reply_to", "team", "status", "text"),
 }
 
 #: raw table -> its INSERT columns

@@ -2,8 +2,9 @@
 ``faust -A streams.app worker`` (both prepare ClickHouse and the topics first and serve /metrics).
 
     copulse.purchases ─┐
-    copulse.usage     ─┼─> SourceConsumer (streams/source.py) ─> Pipeline.handle_batch ─> engine per partition
-    copulse.feedback  ─┘        │ every flush: Pipeline.flush ─> ClickHouse, state changelog, offset commit
+    copulse.usage     ─┤
+    copulse.feedback  ─┼─> SourceConsumer (streams/source.py) ─> Pipeline.handle_batch ─> engine per partition
+    copulse.responses ─┘        │ every flush: Pipeline.flush ─> ClickHouse, state changelog, offset commit
                                 └ on assignment: engines restored from <app_id>-state-changelog (streams/state_store.py)
 
 Faust runs the process (signals, graceful shutdown, logging), the VCI timer and its web server.

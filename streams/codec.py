@@ -104,7 +104,7 @@ def resolve_schema_id(event_type_or_schema_id: str | int) -> int:
 def encode(event_type_or_schema_id: str | int, record: Mapping[str, Any], *, schema: dict | None = None) -> bytes:
     """Confluent-framed Avro bytes of ``record``.
 
-    ``event_type_or_schema_id``: 'purchase' | 'usage' | 'feedback' (newest shipped version) or a schema id.
+    ``event_type_or_schema_id``: an event type such as 'purchase' (newest shipped version) or a schema id.
     ``schema``: a raw writer schema for an id that is not shipped (tests, registry-only schemas).
     ``occurred_at`` may be an aware datetime or epoch ms, ``amount`` must be a Decimal with <= 2 places.
     Optional (nullable) fields may be omitted; ``schema_version`` defaults to the version of the schema.

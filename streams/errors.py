@@ -24,6 +24,8 @@ class Reason(StrEnum):
     WRONG_EVENT_TYPE = "wrong_event_type"  # schema of another event type on this topic
     SCORE_OUT_OF_RANGE = "score_out_of_range"
     MISSING_SCORE = "missing_score"  # rating / nps without a score
+    MISSING_STATUS = "missing_status"  # idea_status response without a status
+    UNEXPECTED_STATUS = "unexpected_status"  # status on a response kind other than idea_status
     NEGATIVE_AMOUNT = "negative_amount"
     NEGATIVE_QUANTITY = "negative_quantity"
     FUTURE_EVENT_TIME = "future_event_time"  # occurred_at too far after the worker's wall clock
@@ -43,6 +45,8 @@ KEY_MISMATCH = Reason.KEY_MISMATCH.value
 WRONG_EVENT_TYPE = Reason.WRONG_EVENT_TYPE.value
 SCORE_OUT_OF_RANGE = Reason.SCORE_OUT_OF_RANGE.value
 MISSING_SCORE = Reason.MISSING_SCORE.value
+MISSING_STATUS = Reason.MISSING_STATUS.value
+UNEXPECTED_STATUS = Reason.UNEXPECTED_STATUS.value
 NEGATIVE_AMOUNT = Reason.NEGATIVE_AMOUNT.value
 NEGATIVE_QUANTITY = Reason.NEGATIVE_QUANTITY.value
 FUTURE_EVENT_TIME = Reason.FUTURE_EVENT_TIME.value

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-EVENT_TYPES = ("purchase", "usage", "feedback")
+#: every input event type, one input topic each. Append only: the engine's source keys are positions here.
+EVENT_TYPES = ("purchase", "usage", "feedback", "response")
+#: what consumers do: the events folded into the KPI windows
+ACTIVITY_TYPES = ("purchase", "usage", "feedback")
+#: what the enterprise does about it (responses, idea status changes, closed cases): stored raw, never
+#: folded into the consumer-activity KPIs
+ENTERPRISE_TYPES = tuple(t for t in EVENT_TYPES if t not in ACTIVITY_TYPES)
 
 
 @dataclass(slots=True)
 class Event:
-    type: str  # 'purchase' | 'usage' | 'feedback'
+    type: str  # one of EVENT_TYPES
     event_id: str
     consumer_id: str
     occurred_ms: int  # event time, epoch milliseconds UTC (from the event, never the wall clock)

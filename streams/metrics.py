@@ -1,7 +1,8 @@
 """Pipeline metrics of the worker (prometheus-client, default registry, base units, ``copulse_`` prefix).
 
-Counts add up: for every input topic, consumed = processed + dead_lettered, where processed counts
-valid messages by outcome (folded, duplicate, late, window_closed). Sink metrics live in sinks/clickhouse.py.
+Counts add up: for every input topic, consumed = processed + dead_lettered (+ replayed after a restart), where
+processed counts valid messages by outcome (folded, duplicate, late, window_closed; stored for enterprise events,
+which are kept raw and folded into no window). Sink metrics live in sinks/clickhouse.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from prometheus_client import Counter, Gauge, Histogram
 CONSUMED = Counter("copulse_events_consumed_total", "Messages read from an input topic", ["topic", "type"])
 PROCESSED = Counter(
     "copulse_events_processed_total",
-    "Valid messages handled, by outcome: folded into windows, duplicate event_id, late, window_closed",
+    "Valid messages handled, by outcome: folded into windows, duplicate event_id, late, window_closed, stored (raw only)",
     ["type", "outcome"],
 )
 DEAD_LETTERED = Counter("copulse_events_dead_lettered_total", "Invalid messages sent to the DLQ", ["topic", "reason"])

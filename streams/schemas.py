@@ -33,7 +33,7 @@ _FILE_NAME = re.compile(r"(?P<event_type>[a-z_]+)\.v(?P<version>[0-9]+)\.avsc")
 @dataclass(frozen=True, slots=True)
 class SchemaInfo:
     schema_id: int
-    event_type: str  # 'purchase' | 'usage' | 'feedback'
+    event_type: str  # 'purchase' | 'usage' | 'feedback' | 'response'
     version: int
     path: Path
     record_name: str  # Avro full name of the record, e.g. io.copulse.events.UsageEvent
@@ -101,7 +101,7 @@ def reader_schema(event_type: str) -> dict:
 
 
 def event_type_of(schema: dict) -> str | None:
-    """'purchase' | 'usage' | 'feedback' from a raw or parsed record schema, None if it is not ours."""
+    """The event type ('purchase', 'usage', ...) of a raw or parsed record schema, None if it is not ours."""
     if not isinstance(schema, dict):
         return None
     return RECORD_NAMES.get(_full_name(schema))

@@ -1,4 +1,4 @@
-"""Consuming the three source topics: group membership, where each partition resumes, batches, commits.
+"""Consuming the source topics (every input topic, streams.events.EVENT_TYPES): group membership, where each partition resumes, batches, commits.
 
 One aiokafka consumer in the consumer group ``settings.app_id`` with the range assignor, so partition p of
 every source topic goes to the same worker (they are keyed alike and have the same partition count) and one

@@ -1,4 +1,4 @@
-"""``copulse topics create``: the three input topics, the dead-letter topic, the late-event topic and the
+"""``copulse topics create``: the four input topics, the dead-letter topic, the late-event topic and the
 compacted state changelog (``<app_id>-state-changelog``, one partition per source partition).
 
 Idempotent: topics that exist are left alone. Partition counts are never changed: the message key is the
@@ -23,11 +23,9 @@ DLQ_CONFIGS = {"retention.ms": str(14 * 86400 * 1000)}
 
 
 def topic_names(settings: Any) -> list[str]:
-    """The 6 topics copulse needs: input topics first, the state changelog last."""
+    """The 7 topics copulse needs: input topics first, the state changelog last."""
     return [
-        settings.topic_purchases,
-        settings.topic_usage,
-        settings.topic_feedback,
+        *settings.source_topics.values(),
         settings.topic_dlq,
         settings.topic_late,
         changelog_topic(settings.app_id),
@@ -63,7 +61,7 @@ def partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
 
 
 def ensure_topics(settings: Any, timeout_s: float = 30.0) -> list[str]:
-    """Create the missing ones of the 6 topics; return the names created by this call ([] if all existed).
+    """Create the missing ones of the 7 topics; return the names created by this call ([] if all existed).
 
     New topics get ``settings.partitions`` partitions and ``settings.replication_factor`` replicas; the
     call returns once they are visible in the cluster metadata. Existing topics are left alone; an input
@@ -71,8 +69,8 @@ def ensure_topics(settings: Any, timeout_s: float = 30.0) -> list[str]:
     """
     from kafka.errors import TopicAlreadyExistsError
 
-    names = topic_names(settings)[:5]  # the changelog is made by _ensure_changelog
-    inputs = set(names[:3])
+    names = topic_names(settings)[:-1]  # the changelog is made by _ensure_changelog
+    inputs = set(settings.source_topics.values())
     admin = _admin(settings, int(timeout_s * 1000))
     try:
         counts = partition_counts(admin, names)

@@ -12,7 +12,8 @@ Checks, in this order (a message with several defects gets the first reason):
 3. key present and equal to consumer_id -> missing_key, key_mismatch
 4. common fields: non-empty ids, channel in :data:`CHANNELS`, occurred_at plausible and not more than
    ``max_future_skew_seconds`` after the worker's clock -> invalid_field, unknown_enum, future_event_time
-5. per type: currency, quantity, amount (purchase); duration (usage); score by kind, vote target (feedback)
+5. per type: currency, quantity, amount (purchase); duration (usage); score by kind, vote target (feedback);
+   reply target, team and status by kind (response) -> missing_status, unexpected_status, invalid_field
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from streams.errors import (
     KEY_MISMATCH,
     MISSING_KEY,
     MISSING_SCORE,
+    MISSING_STATUS,
     NEGATIVE_AMOUNT,
     NEGATIVE_QUANTITY,
     SCORE_OUT_OF_RANGE,
     UNDECODABLE,
+    UNEXPECTED_STATUS,
     UNKNOWN_ENUM,
     UNSUPPORTED_CURRENCY,
     WRONG_EVENT_TYPE,
@@ -51,6 +54,9 @@ SCORE_RULES: dict[str, tuple[int, int, bool]] = {
     "review": (1, 5, False),
 }
 DEFAULT_SCORE_RULE = (0, 10, False)
+
+#: the response kind whose ``status`` is required; every other kind must leave it null
+IDEA_STATUS = "idea_status"
 
 #: ids longer than this are invalid_field (they become state keys and label values)
 MAX_ID_LENGTH = 256
@@ -77,16 +83,13 @@ def decode_event(decoder: Decoder, settings: Any, topic: str, key: bytes | None,
 
 
 def event_type_for_topic(settings: Any, topic: str) -> str:
-    if topic == settings.topic_purchases:
-        return "purchase"
-    if topic == settings.topic_usage:
-        return "usage"
-    if topic == settings.topic_feedback:
-        return "feedback"
+    for event_type, source_topic in settings.source_topics.items():
+        if topic == source_topic:
+            return event_type
     raise DeadLetter(
         WRONG_EVENT_TYPE,
-        f"topic {topic!r} is not an input topic ({settings.topic_purchases}, {settings.topic_usage}, "
-        f"{settings.topic_feedback}); produce events to the topic of their type",
+        f"topic {topic!r} is not an input topic ({', '.join(settings.source_topics.values())}); "
+        "produce events to the topic of their type",
     )
 
 
@@ -146,8 +149,10 @@ def _decode_event(decoder: Decoder, settings: Any, topic: str, key: bytes | None
         _check_purchase(record, settings)
     elif event_type == "usage":
         _check_usage(record)
-    else:
+    elif event_type == "feedback":
         _check_feedback(record)
+    else:
+        _check_response(record)
 
     return Event(
         event_type,
@@ -212,3 +217,19 @@ def _check_feedback(record: dict) -> None:
         raise DeadLetter(SCORE_OUT_OF_RANGE, f"{kind} score {score} is outside {low}..{high}; send a score from {low} to {high}")
     if kind == "vote" and not record.get("in_reply_to"):
         raise DeadLetter(INVALID_FIELD, "vote without in_reply_to; set in_reply_to to the event_id of the idea voted on")
+
+
+def _check_response(record: dict) -> None:
+    kind = record["kind"]
+    if not record["in_reply_to"].strip():
+        raise DeadLetter(INVALID_FIELD, f"{kind} without in_reply_to; set in_reply_to to the event_id of the feedback "
+                                        "answered or closed, or of the idea whose status changed")
+    _require_id(record["in_reply_to"], "in_reply_to")
+    _require_id(record["team"], "team")
+    status = record.get("status")
+    if kind == IDEA_STATUS and status is None:
+        raise DeadLetter(MISSING_STATUS, "idea_status without a status; send under_review, planned, in_progress, "
+                                         "shipped or declined")
+    if kind != IDEA_STATUS and status is not None:
+        raise DeadLetter(UNEXPECTED_STATUS, f"{kind} with status {status!r}; only idea_status carries a status "
+                                            "(send a separate idea_status event for the idea)")

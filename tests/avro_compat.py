@@ -85,12 +85,15 @@ def _can_read(writer: Any, reader: Any, ws: ParsedSchema, rs: ParsedSchema, path
             _can_read(branch, reader, ws, rs, path, out, seen)
         return
     if rk == "union":
+        same_kind: list[str] = []  # why the branch of the writer's own kind fails: the telling reason
         for branch in reader:
             trial: list[str] = []
             _can_read(writer, branch, ws, rs, path, trial, seen)
             if not trial:
                 return
-        out.append(f"{path}: writer type {wk} matches no branch of the reader union")
+            if _kind(rs.resolve(branch)) == wk and not same_kind:
+                same_kind = trial
+        out.extend(same_kind or [f"{path}: writer type {wk} matches no branch of the reader union"])
         return
     if wk in _PRIMITIVES and rk in _PRIMITIVES:
         if rk not in _PROMOTIONS.get(wk, {wk}):

@@ -19,6 +19,7 @@ def unit_settings(**overrides) -> Settings:
         topic_purchases="copulse.purchases",
         topic_usage="copulse.usage",
         topic_feedback="copulse.feedback",
+        topic_responses="copulse.responses",
         topic_dlq="copulse.dlq",
         topic_late="copulse.late",
         currency="EUR",
@@ -97,4 +98,22 @@ def feedback(**overrides) -> dict:
     return record
 
 
-BUILDERS = {"purchase": purchase, "usage": usage, "feedback": feedback}
+def response(**overrides) -> dict:
+    """A response of the enterprise to a feedback event of consumer c-0001 (kind response, status null)."""
+    record = common(overrides.get("consumer_id", "c-0001"))
+    record.update(
+        event_id="ev-response-1",
+        schema_version=1,
+        kind="response",
+        in_reply_to="ev-feedback-1",
+        team="support",
+        status=None,
+        product_id="AUD-001",
+        category="audio",
+        text="Thanks, we are on it.",
+    )
+    record.update(overrides)
+    return record
+
+
+BUILDERS = {"purchase": purchase, "usage": usage, "feedback": feedback, "response": response}

@@ -9,12 +9,17 @@ Rules it applies (the documented window semantics):
 * per source partition (type, partition), in offset order: an event is late when the end of its finest
   window is <= (highest event time seen before it in that source partition) - allowed lateness;
 * a non-late event whose event_id was already folded is a duplicate;
-* everything else is folded into every granularity and every slice it belongs to.
+* everything else is folded into every granularity and every slice it belongs to;
+* enterprise events (type ``response``: what the company did about feedback) are consumer activity of nobody:
+  they are folded into no KPI, whatever their timing.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+#: the event types the KPIs count (written here again on purpose: the oracle shares no code with the worker)
+CONSUMER_ACTIVITY = ("purchase", "usage", "feedback")
 
 
 def slice_values(event: dict, dims: tuple[str, ...]):
@@ -33,10 +38,11 @@ def slice_values(event: dict, dims: tuple[str, ...]):
 
 
 def classify(messages: list[dict], lateness_ms: int, finest_ms: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """Split valid messages into (folded, late, duplicate) events."""
+    """Split valid messages of consumer activity into (folded, late, duplicate) events (others are left out)."""
     by_source = defaultdict(list)
     for msg in messages:
-        by_source[(msg["type"], msg["partition"])].append(msg)
+        if msg["type"] in CONSUMER_ACTIVITY:
+            by_source[(msg["type"], msg["partition"])].append(msg)
     folded, late, dupes = [], [], []
     for msgs in by_source.values():
         max_ts = None

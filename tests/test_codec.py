@@ -10,7 +10,7 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from helpers_events import feedback, purchase, usage, usage_v1
+from helpers_events import feedback, purchase, response, usage, usage_v1
 
 from streams import schemas
 from streams.codec import HEADER_SIZE, Decoder, encode, frame, split_frame
@@ -37,11 +37,13 @@ def test_encode_by_type_uses_newest_version_and_by_id_that_id():
     assert split_frame(encode("usage", usage()))[0] == 202
     assert split_frame(encode(201, usage_v1()))[0] == 201
     assert split_frame(encode("feedback", feedback()))[0] == 301
+    assert split_frame(encode("response", response()))[0] == 401
 
 
 @pytest.mark.parametrize(
     "event_type,record",
-    [("purchase", purchase()), ("usage", usage()), ("feedback", feedback(kind="idea", score=None, text="dark mode"))],
+    [("purchase", purchase()), ("usage", usage()), ("feedback", feedback(kind="idea", score=None, text="dark mode")),
+     ("response", response()), ("response", response(kind="idea_status", status="shipped", team="product", text=None))],
 )
 def test_round_trip_decodes_logical_types(event_type, record):
     ws, decoded = Decoder().decode(encode(event_type, record), event_type)

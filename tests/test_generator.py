@@ -13,6 +13,7 @@ from helpers_events import unit_settings
 from kafka.partitioner.default import murmur2
 
 from copulse import cli
+from copulse.enterprise import ANSWERED_KINDS, DELAYS_H, follow_up_class
 from copulse.generator import GeneratorOptions, generate_events, produce
 from streams.codec import Decoder
 from streams.errors import DECODE_REASONS, DeadLetter
@@ -204,6 +205,19 @@ def test_cli_writes_the_same_file_for_the_same_seed(tmp_path, monkeypatch):
     assert json.loads(a.splitlines()[0])["event"]["occurred_at"].startswith("2024-05-01T12:00:00")
 
 
+def test_cli_enterprise_time_scale_takes_a_fraction(tmp_path, capsys):
+    args = ["generate", "--no-kafka", "--count", "2000", "--seed", "5", "--start", "2024-05-01T12:00:00Z", "--rate", "0",
+            "--quiet", "--out"]  # fmt: skip
+    assert cli.main([*args, str(tmp_path / "slow.jsonl")]) == 0
+    assert cli.main([*args, str(tmp_path / "fast.jsonl"), "--enterprise-time-scale", "1/3600"]) == 0
+    responses = {name: sum(json.loads(line)["type"] == "response" for line in (tmp_path / f"{name}.jsonl").open())
+                 for name in ("slow", "fast")}
+    assert responses["fast"] > responses["slow"]  # 20 s of event time: realistic delays have barely begun
+    assert "by type: purchase" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*args, str(tmp_path / "x.jsonl"), "--enterprise-time-scale", "0"])
+
+
 def test_cli_refuses_unbounded_file_only_runs(tmp_path, capsys):
     assert cli.main(["generate", "--no-kafka", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert cli.main(["generate", "--no-kafka", "--count", "5"]) == 2
@@ -222,14 +236,13 @@ def test_options_are_validated():
 def test_jsonl_partitions_and_offsets_match_what_kafka_holds(kafka_bootstrap, topic_factory, tmp_path):
     from kafka import KafkaConsumer, TopicPartition
 
-    topics = {t: topic_factory(partitions=3, prefix=f"gen_{t}") for t in ("purchases", "usage", "feedback")}
+    topics = {t: topic_factory(partitions=3, prefix=f"gen_{t}") for t in ("purchases", "usage", "feedback", "responses")}
     settings = unit_settings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        topic_purchases=topics["purchases"], topic_usage=topics["usage"], topic_feedback=topics["feedback"],
+        kafka_bootstrap_servers=kafka_bootstrap, **{f"topic_{t}": name for t, name in topics.items()},
     )  # fmt: skip
     now_ms = int(time.time() * 1000)
     options = GeneratorOptions(count=3000, seed=11, start_ms=now_ms - 3_600_000, consumers=300, invalid_fraction=0.1,
-                               duplicate_fraction=0.02, late_fraction=0.02)  # fmt: skip
+                               duplicate_fraction=0.02, late_fraction=0.02, enterprise_time_scale=1 / 3600)  # fmt: skip
     sent = list(generate_events(settings, options))
     out = tmp_path / "sent.jsonl"
     started = time.perf_counter()
@@ -267,3 +280,88 @@ def test_jsonl_partitions_and_offsets_match_what_kafka_holds(kafka_bootstrap, to
         except DeadLetter as dead:
             reason = dead.reason
         assert reason == line["reason"]
+
+
+# ---------------------------------------------------------------------------------- enterprise side
+ENTERPRISE_SCALE = 1 / 20_000  # an hour of enterprise delay takes 0.18 s of event time: the whole funnel in minutes
+
+
+@pytest.fixture(scope="module")
+def enterprise_messages():
+    return generate(30_000, enterprise_time_scale=ENTERPRISE_SCALE)
+
+
+def test_enterprise_events_answer_earlier_feedback_of_the_same_consumer(enterprise_messages):
+    valid = [m for m in enterprise_messages if m.expected == "valid"]
+    feedback = {m.event["event_id"]: m.event for m in valid if m.type == "feedback"}
+    responses = [m.event for m in valid if m.type == "response"]
+    assert len(responses) > 500
+    answered_before: set[str] = set()
+    for r in responses:
+        about = feedback[r["in_reply_to"]]  # always a feedback event that was sent before
+        assert about["occurred_ms"] < r["occurred_ms"]
+        assert all(r[k] == about[k] for k in ("consumer_id", "region", "segment", "product_id", "category"))
+        if r["kind"] == "idea_status":
+            assert about["kind"] == "idea" and r["status"] is not None and r["team"] == "product"
+        else:
+            assert r["status"] is None and about["kind"] not in ("vote", "survey_invited")
+        if r["kind"] == "case_closed":  # a follow-up of a detractor or a bug report, after its response
+            assert follow_up_class(about) != "other" and r["in_reply_to"] in answered_before
+        if r["kind"] == "response":
+            answered_before.add(r["in_reply_to"])
+    kinds = collections.Counter(r["kind"] for r in responses)
+    assert kinds["response"] > kinds["case_closed"] > 0 and kinds["idea_status"] > 0
+
+
+def test_detractors_and_bugs_are_answered_more_often_and_faster(enterprise_messages):
+    valid = [m for m in enterprise_messages if m.expected == "valid"]
+    end = max(m.event["occurred_ms"] for m in valid)
+    first_answer: dict[str, int] = {}
+    for m in valid:
+        if m.type == "response" and m.event["kind"] == "response":
+            first_answer.setdefault(m.event["in_reply_to"], m.event["occurred_ms"])
+    # feedback old enough that nearly every answer it gets has come (30 median delays of "other")
+    horizon = 30 * DELAYS_H["other"][0] * 3_600_000 * ENTERPRISE_SCALE
+    answerable = [m.event for m in valid if m.type == "feedback" and m.event["kind"] in ANSWERED_KINDS
+                  and m.event["kind"] != "idea" and m.event["occurred_ms"] < end - horizon]
+    by_class = collections.defaultdict(list)
+    for f in answerable:
+        by_class[follow_up_class(f)].append(f)
+    rate = {c: sum(f["event_id"] in first_answer for f in fs) / len(fs) for c, fs in by_class.items()}
+    delays = {c: sorted(first_answer[f["event_id"]] - f["occurred_ms"] for f in fs if f["event_id"] in first_answer)
+              for c, fs in by_class.items()}
+    median = {c: d[len(d) // 2] for c, d in delays.items()}
+    assert rate["bug_report"] > rate["other"] and rate["detractor"] > rate["other"] and rate["other"] < 0.5
+    assert median["bug_report"] < median["other"] and median["detractor"] < median["other"]
+    longest = delays["other"][-1]
+    assert longest > 5 * median["other"]  # a long tail
+    assert any(f["event_id"] not in first_answer for f in by_class["detractor"])  # some never answered
+
+
+def test_the_idea_funnel_is_ordered_mostly_declined_or_waiting_and_votes_drive_shipping(enterprise_messages):
+    valid = [m for m in enterprise_messages if m.expected == "valid"]
+    ideas = [m.event["event_id"] for m in valid if m.type == "feedback" and m.event["kind"] == "idea"]
+    votes = collections.Counter(m.event["in_reply_to"] for m in valid if m.type == "feedback" and m.event["kind"] == "vote")
+    path = collections.defaultdict(list)
+    for m in valid:
+        if m.type == "response" and m.event["kind"] == "idea_status":
+            path[m.event["in_reply_to"]].append(m.event["status"])
+    allowed = (["under_review", "planned", "in_progress", "shipped"], ["under_review", "planned", "in_progress", "declined"],
+               ["under_review", "declined"])
+    for statuses in path.values():
+        assert any(statuses == p[: len(statuses)] for p in allowed), statuses
+    final = collections.Counter(s[-1] for s in path.values())
+    shipped = [i for i, s in path.items() if s[-1] == "shipped"]
+    declined = [i for i, s in path.items() if s == ["under_review", "declined"]]
+    assert final["shipped"] > 0 and final["declined"] > 0
+    assert final["shipped"] < (len(ideas) - final["shipped"]) / 3  # most ideas are declined or still waiting
+    assert sum(votes[i] for i in shipped) / len(shipped) > sum(votes[i] for i in declined) / len(declined)
+
+
+def test_enterprise_invalid_late_and_duplicate_controls(enterprise_messages):
+    response = [m for m in enterprise_messages if m.type == "response"]
+    expected = collections.Counter(m.expected for m in response)
+    assert expected["invalid"] and expected["late"] and expected["duplicate"]
+    reasons = collections.Counter(m.reason for m in response if m.expected == "invalid")
+    assert reasons["missing_status"] and reasons["unexpected_status"] and reasons["invalid_field"]
+    assert all(m.topic == S.topic_responses for m in response if m.expected != "invalid")

@@ -34,6 +34,7 @@ EXPECTED_OBJECTS = {
     "purchases",
     "usage_events",
     "feedback",
+    "responses",
     "kpi_windows",
     "rejected",
     "dead_letter_summary",

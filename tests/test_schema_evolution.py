@@ -22,6 +22,7 @@ from avro_compat import check_full_transitive
 
 from streams import schemas
 from streams.codec import Decoder, encode
+from streams.events import EVENT_TYPES
 from streams.schemas import CATALOGUE, SCHEMAS_DIR, load_schema
 
 GOLDEN_DIR = SCHEMAS_DIR / "golden"
@@ -49,6 +50,15 @@ def _golden_records(event_type: str, version: int) -> list[dict]:
             if version >= 2:
                 record["app_version"] = "5.4.0" if i % 2 else None
             records.append(record)
+    elif event_type == "response":
+        replies = [("response", None, "support"), ("case_closed", None, "support")] + [
+            ("idea_status", status, "product") for status in ("under_review", "planned", "in_progress", "shipped", "declined")]
+        for i, (kind, status, team) in enumerate(replies):
+            records.append({**base, "event_id": f"golden-r{version}-{i}", "occurred_at": T + i,
+                            "segment": None if i % 3 == 0 else "vip", "kind": kind,
+                            "in_reply_to": "golden-f1-5" if kind == "idea_status" else "golden-f1-7",
+                            "team": team, "status": status, "product_id": "WEA-003", "category": "wearables",
+                            "text": "Thanks, fixed in 5.4.1" if kind == "response" else None})  # fmt: skip
     else:
         kinds = ["survey_invited", "survey_response", "rating", "nps", "review", "idea", "vote", "bug_report"]
         scores = [None, 8, 4, 10, None, None, None, None]
@@ -141,7 +151,7 @@ def _versions(event_type: str) -> list[dict]:
     return [load_schema(sid) for sid in schemas.schema_ids(event_type)]
 
 
-@pytest.mark.parametrize("event_type", ["purchase", "usage", "feedback"])
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_shipped_versions_are_full_transitive(event_type):
     versions = _versions(event_type)
     for n in range(1, len(versions) + 1):
@@ -203,6 +213,14 @@ def test_rejects_adding_an_enum_symbol_because_old_readers_would_dead_letter_it(
     new = _usage_next()
     _field(new, "action")["type"]["symbols"].append("screen_share")
     _rejected(new, "screen_share", "forward")
+
+
+def test_rejects_adding_a_symbol_to_an_enum_inside_a_union():
+    response = _versions("response")
+    new = copy.deepcopy(response[-1])
+    _field(new, "status")["type"][1]["symbols"].append("paused")
+    problems = check_full_transitive(response, new)
+    assert any("paused" in p and p.startswith("forward") for p in problems), problems
 
 
 def test_rejects_type_changes_including_one_way_promotions():

@@ -73,6 +73,23 @@ def make_events(start: int, count: int) -> list[RawEvent]:
     return [RawEvent(e, i % 6, 1000 + i) for i, e in enumerate(events, start)]
 
 
+def make_responses(start: int, count: int) -> list[RawEvent]:
+    """Enterprise events of every kind, with and without segment, status and text, read from (i % 6, 5000 + i)."""
+    events = []
+    for i in range(start, start + count):
+        when = T0 + dt.timedelta(seconds=i, milliseconds=i % 1000)
+        kind = ("response", "idea_status", "case_closed")[i % 3]
+        record = {"occurred_at": when, "schema_version": 1, "kind": kind, "in_reply_to": f"ev-{i // 3}",
+                  "team": "product" if kind == "idea_status" else "support",
+                  "status": ("under_review", "shipped", "declined")[i % 3] if kind == "idea_status" else None,
+                  "text": "thanks" if kind == "response" else None}
+        events.append(Event(type="response", event_id=f"r-{i}", consumer_id=f"c{i % 50}",
+                            occurred_ms=int(when.timestamp()) * 1000 + i % 1000, channel="call_center", region="eu",
+                            segment=None if i % 4 == 0 else "pro", product_id=f"p{i % 7}", category="audio",
+                            schema_id=401, record=record))
+    return [RawEvent(e, i % 6, 5000 + i) for i, e in enumerate(events, start)]
+
+
 def make_kpi_rows(start: int, count: int, version: int = 1, is_final: int = 1) -> list[tuple]:
     """`count` partials of distinct keys (product_id slice, one partition each)."""
     return [
@@ -185,6 +202,27 @@ def test_storing_the_same_batch_twice_changes_nothing_visible(migrated):
     assert client.execute("SELECT count() FROM purchases") == [(20,)]
     assert client.execute("SELECT count() FROM kpi_windows") == [(40,)]
     assert snapshot(client, database) == first
+
+
+def test_responses_are_stored_typed_and_replays_collapse(migrated):
+    client, database, settings = migrated
+    events = make_responses(0, 30)
+    with ClickHouseSink(settings) as sink:
+        sink.store(SinkBatch(events=events))
+        sink.store(SinkBatch(events=events[10:20]))  # replayed after a crash: same rows again
+    q = f"SELECT count(), uniqExact(event_id) FROM `{database}`.responses"
+    assert client.execute(q) == [(40, 30)]
+    assert client.execute(q.replace("responses", "responses FINAL")) == [(30, 30)]
+    row = client.execute(
+        "SELECT event_id, consumer_id, occurred_at, occurred_ms, channel, region, segment, product_id, category, kind, "
+        "in_reply_to, team, status, text, schema_version, schema_id, source_partition, source_offset "
+        "FROM responses FINAL WHERE event_id = 'r-4'")
+    ms = int((T0 + dt.timedelta(seconds=4)).timestamp()) * 1000 + 4
+    assert row == [("r-4", "c4", T0 + dt.timedelta(seconds=4), ms, "call_center", "eu", None, "p4", "audio",
+                    "idea_status", "ev-1", "product", "shipped", None, 1, 401, 4, 5004)]
+    by_kind = client.execute("SELECT kind, count(), countIf(status IS NULL), countIf(text IS NOT NULL), "
+                             "countIf(segment IS NULL) FROM responses FINAL GROUP BY kind ORDER BY kind")
+    assert by_kind == [("case_closed", 10, 10, 0, 2), ("idea_status", 10, 0, 0, 3), ("response", 10, 10, 10, 3)]
 
 
 def test_missing_tables_are_fatal_with_a_migrate_hint(clickhouse_db, clickhouse_settings):

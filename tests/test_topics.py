@@ -1,4 +1,4 @@
-"""ensure_topics / `copulse topics create` on the real broker: creates the 6 topics once, then is a no-op."""
+"""ensure_topics / `copulse topics create` on the real broker: creates the 7 topics once, then is a no-op."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def fresh_settings(kafka_bootstrap):
-    """Settings whose 6 topic names (app id too) are unique to this test; the topics are deleted afterwards."""
+    """Settings whose 7 topic names (app id too) are unique to this test; the topics are deleted afterwards."""
     from kafka.admin import KafkaAdminClient
 
     prefix = f"tt_{uuid.uuid4().hex[:10]}"
@@ -24,7 +24,7 @@ def fresh_settings(kafka_bootstrap):
         kafka_bootstrap_servers=kafka_bootstrap,
         partitions=3,
         app_id=prefix,
-        **{f"topic_{name}": f"{prefix}.{name}" for name in ("purchases", "usage", "feedback", "dlq", "late")},
+        **{f"topic_{name}": f"{prefix}.{name}" for name in ("purchases", "usage", "feedback", "responses", "dlq", "late")},
     )
     yield settings
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="copulse-tests")
@@ -47,7 +47,7 @@ def _counts(settings):
         admin.close()
 
 
-def test_ensure_topics_creates_the_six_topics_once(fresh_settings):
+def test_ensure_topics_creates_the_seven_topics_once(fresh_settings):
     created = ensure_topics(fresh_settings)
     assert created == topic_names(fresh_settings)
     assert _counts(fresh_settings) == {name: 3 for name in topic_names(fresh_settings)}
@@ -61,7 +61,7 @@ def test_existing_input_topic_with_other_partition_count_is_kept_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="streams.topics"):
         assert ensure_topics(more) == []
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "streams.topics"]
-    inputs = {fresh_settings.topic_purchases, fresh_settings.topic_usage, fresh_settings.topic_feedback}
+    inputs = set(fresh_settings.source_topics.values())
     assert {w.split()[1] for w in warned} == inputs, warned  # dlq/late partition counts do not matter
     assert all("COPULSE_PARTITIONS=5" in w and "3 partitions" in w for w in warned)
     assert _counts(fresh_settings)[fresh_settings.topic_usage] == 3  # never changed
@@ -76,17 +76,17 @@ def test_ensure_topics_creates_only_the_missing_ones(fresh_settings, kafka_boots
     finally:
         admin.close()
     created = ensure_topics(fresh_settings)
-    assert fresh_settings.topic_dlq not in created and len(created) == 5
+    assert fresh_settings.topic_dlq not in created and len(created) == 6
 
 
 def test_cli_topics_create(fresh_settings, monkeypatch, capsys):
     monkeypatch.setattr("copulse.settings.get_settings", lambda: fresh_settings)
     assert cli.main(["topics", "create"]) == 0
     first = capsys.readouterr().out
-    assert first.count("created") == 6
+    assert first.count("created") == 7
     assert cli.main(["topics", "create"]) == 0
     second = capsys.readouterr().out
-    assert second.count("exists") == 6 and "created" not in second
+    assert second.count("exists") == 7 and "created" not in second
 
 
 def test_cli_topics_create_says_what_to_do_when_kafka_is_down(monkeypatch, capsys):

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
-from helpers_events import NOW_MS, feedback, purchase, unit_settings, usage, usage_v1
+from helpers_events import NOW_MS, feedback, purchase, response, unit_settings, usage, usage_v1
 
 from streams import errors, schemas
 from streams.codec import HEADER_SIZE, Decoder, encode, frame
@@ -16,7 +16,7 @@ from streams.validation import decode_event
 
 S = unit_settings()
 DECODER = Decoder(S)
-TOPIC = {"purchase": S.topic_purchases, "usage": S.topic_usage, "feedback": S.topic_feedback}
+TOPIC = S.source_topics
 
 
 def decode(event_type, record, *, key=..., topic=None, value=None, now_ms=NOW_MS, settings=S, schema_id=None):
@@ -35,7 +35,8 @@ def reason_of(*args, **kwargs) -> str:
 
 
 # ------------------------------------------------------------------------------------------ valid
-@pytest.mark.parametrize("event_type,builder", [("purchase", purchase), ("usage", usage), ("feedback", feedback)])
+@pytest.mark.parametrize("event_type,builder", [("purchase", purchase), ("usage", usage), ("feedback", feedback),
+                                                ("response", response)])
 def test_valid_events_become_events(event_type, builder):
     record = builder()
     event = decode(event_type, record)
@@ -81,6 +82,15 @@ def test_vote_with_target_is_valid():
     assert decode("feedback", feedback(kind="vote", score=None, in_reply_to="ev-idea")).record["in_reply_to"] == "ev-idea"
 
 
+@pytest.mark.parametrize("kind,status", [("response", None), ("case_closed", None), ("idea_status", "under_review"),
+                                         ("idea_status", "planned"), ("idea_status", "in_progress"),
+                                         ("idea_status", "shipped"), ("idea_status", "declined")])  # fmt: skip
+def test_response_kinds_with_their_status_are_valid(kind, status):
+    event = decode("response", response(kind=kind, status=status, text=None))
+    assert (event.type, event.record["kind"], event.record["status"]) == ("response", kind, status)
+    assert (event.record["in_reply_to"], event.record["team"]) == ("ev-feedback-1", "support")
+
+
 def test_event_within_the_future_skew_is_valid():
     at = NOW_MS + S.max_future_skew_seconds * 1000
     assert decode("usage", usage(occurred_at=at)).occurred_ms == at
@@ -119,6 +129,8 @@ def test_wrong_event_type():
     assert reason_of("purchase", purchase(), topic=S.topic_usage) == "wrong_event_type"
     assert reason_of("feedback", feedback(), topic=S.topic_purchases) == "wrong_event_type"
     assert reason_of("feedback", feedback(), topic="not.an.input") == "wrong_event_type"
+    assert reason_of("response", response(), topic=S.topic_feedback) == "wrong_event_type"
+    assert reason_of("feedback", feedback(), topic=S.topic_responses) == "wrong_event_type"
 
 
 @pytest.mark.parametrize("kind,score", [("rating", 0), ("rating", 6), ("nps", 11), ("nps", -1), ("survey_response", 11),
@@ -130,6 +142,35 @@ def test_score_out_of_range(kind, score):
 @pytest.mark.parametrize("kind", ["rating", "nps"])
 def test_missing_score(kind):
     assert reason_of("feedback", feedback(kind=kind, score=None)) == "missing_score"
+
+
+def test_missing_status():
+    assert reason_of("response", response(kind="idea_status", status=None)) == "missing_status"
+
+
+@pytest.mark.parametrize("kind", ["response", "case_closed"])
+def test_unexpected_status(kind):
+    assert reason_of("response", response(kind=kind, status="shipped")) == "unexpected_status"
+
+
+def test_unknown_response_kind_is_unknown_enum():
+    writer = schemas.load_schema(401)
+    next(f for f in writer["fields"] if f["name"] == "kind")["type"]["symbols"].append("escalated")
+    decoder = Decoder(schemas={499: writer})
+    value = encode(499, response(kind="escalated"), schema=writer)
+    with pytest.raises(DeadLetter) as err:
+        decode_event(decoder, S, S.topic_responses, b"c-0001", value, NOW_MS)
+    assert err.value.reason == "unknown_enum" and "escalated" in err.value.detail
+
+
+def test_unknown_idea_status_is_unknown_enum():
+    writer = schemas.load_schema(401)
+    next(f for f in writer["fields"] if f["name"] == "status")["type"][1]["symbols"].append("paused")
+    decoder = Decoder(schemas={498: writer})
+    value = encode(498, response(kind="idea_status", status="paused"), schema=writer)
+    with pytest.raises(DeadLetter) as err:
+        decode_event(decoder, S, S.topic_responses, b"c-0001", value, NOW_MS)
+    assert err.value.reason == "unknown_enum" and "paused" in err.value.detail
 
 
 def test_negative_amount():
@@ -181,6 +222,11 @@ def test_unsupported_currency():
         ("feedback", feedback(region="")),
         ("feedback", feedback(event_id="x" * 300)),
         ("feedback", feedback(occurred_at=1_714_564_740)),  # epoch seconds instead of milliseconds
+        ("response", response(in_reply_to="")),  # a response without the feedback it answers
+        ("response", response(kind="idea_status", status="planned", in_reply_to=" ")),
+        ("response", response(in_reply_to="x" * 300)),
+        ("response", response(team="")),
+        ("response", response(product_id="")),
     ],
 )
 def test_invalid_field(event_type, record):

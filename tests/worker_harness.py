@@ -36,6 +36,7 @@ def worker_env(name: str, kafka_bootstrap: str, clickhouse: dict, tmp: Path, **o
         "COPULSE_TOPIC_PURCHASES": f"{name}.purchases",
         "COPULSE_TOPIC_USAGE": f"{name}.usage",
         "COPULSE_TOPIC_FEEDBACK": f"{name}.feedback",
+        "COPULSE_TOPIC_RESPONSES": f"{name}.responses",
         "COPULSE_TOPIC_DLQ": f"{name}.dlq",
         "COPULSE_TOPIC_LATE": f"{name}.late",
         "COPULSE_CLICKHOUSE_URL": f"clickhouse://{clickhouse.get('user', 'default')}@{clickhouse.get('host', 'localhost')}:"
