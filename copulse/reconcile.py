@@ -39,12 +39,12 @@ from datetime import UTC, datetime
 from copulse.readmodel import parse_window_start
 from copulse.settings import duration_seconds, slice_dimensions
 from sinks.rows import EVENT_TABLES
-from streams.engine import SOURCE_KEY, Outcome, PartitionEngine
+from streams.engine import Outcome, PartitionEngine
 from streams.errors import FUTURE_EVENT_TIME
 from streams.errors import WINDOW_CLOSED as WINDOW_CLOSED_REASON
 from streams.errors import DeadLetter, RetryableError
 from streams.batch import RawEvent, SinkBatch
-from streams.events import ENTERPRISE_TYPES, EVENT_TYPES, Event
+from streams.events import EVENT_TYPES, Event
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow, epoch_seconds
 
 EXIT_OK, EXIT_DIFFERENCES, EXIT_USAGE = 0, 1, 2
@@ -57,7 +57,6 @@ _C0 = len(KEY_COLUMNS)
 TOPIC_VARS = {"purchase": "COPULSE_TOPIC_PURCHASES", "usage": "COPULSE_TOPIC_USAGE", "feedback": "COPULSE_TOPIC_FEEDBACK",
               "response": "COPULSE_TOPIC_RESPONSES"}
 MATCH, DIFFERS, MISSING, EXTRA, NOT_FINAL = "match", "differs", "missing", "extra", "not final"
-STORED_RAW = "stored raw"  # outcome of a valid enterprise event (streams.events.ENTERPRISE_TYPES)
 
 
 class ReconcileError(RuntimeError):
@@ -292,11 +291,6 @@ def recompute(settings, read: KafkaRead, messages: dict[tuple[str, int], list[Me
                 engine.skip(m.etype, m.offset, now)
                 out.outcomes[f"worker {rejected}"] += 1
                 if rejected == WINDOW_CLOSED_REASON and in_range:  # the worker kept it raw
-                    out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = RawEvent(m.event, p, m.offset)
-            elif m.etype in ENTERPRISE_TYPES:  # as the worker does: stored raw, its clock moves, nothing folded
-                engine.wm.observe(SOURCE_KEY[m.etype], m.offset, m.event.occurred_ms, now)
-                out.outcomes[STORED_RAW] += 1
-                if in_range:
                     out.raw[EVENT_TABLES[m.etype]][m.event.event_id] = RawEvent(m.event, p, m.offset)
             else:
                 outcome = engine.process(m.event, m.offset, now)
@@ -551,7 +545,7 @@ def _run(args, settings) -> int:
           f"since {iso(read_from_ms)} (--from minus the margin of {margin // 60} min) up to the end offsets at start")
     print(f"recomputed: {o[Outcome.FOLDED]} folded, {o[Outcome.DUPLICATE]} duplicates, {o[Outcome.LATE]} late, {o['dead letter']} dead "
           "letters skipped" + (f", {o[Outcome.WINDOW_CLOSED]} window_closed" if o[Outcome.WINDOW_CLOSED] else "")
-          + (f", {o[STORED_RAW]} enterprise events (stored raw, not folded)" if o[STORED_RAW] else ""))
+          + (f", {o[Outcome.STORED]} enterprise events (stored raw, not folded)" if o[Outcome.STORED] else ""))
     print(f"left out as the worker did (its decisions depended on its wall clock, see table rejected): "
           f"{o['worker ' + WINDOW_CLOSED_REASON]} late with reason window_closed (an idle watermark had closed "
           f"their window), {o['worker ' + FUTURE_EVENT_TIME]} dead-lettered as future_event_time")

@@ -30,7 +30,7 @@ from enum import StrEnum
 from copulse.settings import DIMENSIONS, Settings, slice_dimensions
 from streams import changelog, membership
 from streams.changelog import AggregateKey, ConsumerState, LegacyMembership, Record, WindowKey
-from streams.events import EVENT_TYPES, Event
+from streams.events import ENTERPRISE_TYPES, EVENT_TYPES, Event
 from streams.kpis import (COUNTER_INDEX, COUNTERS, DISTINCT_COUNTER, ORDERS_COUNTER, PURCHASER, KpiRow,
                           contributions, dimension_values)
 from streams.watermarks import LATE, NEG_INF, WINDOW_CLOSED, Watermarks
@@ -55,6 +55,7 @@ class Outcome(StrEnum):
     WINDOW_CLOSED = WINDOW_CLOSED  # its window was already closed (after idleness)
     DUPLICATE = "duplicate"  # an event id already folded, from another offset
     REPLAYED = "replayed"  # an offset already reflected in persisted state
+    STORED = "stored"  # an enterprise event (streams.events.ENTERPRISE_TYPES): kept raw, folded into no window
 
 
 @dataclass(slots=True)
@@ -133,6 +134,9 @@ class PartitionEngine:
         clock = wm.clock(source)
         if offset <= clock.offset:
             return Outcome.REPLAYED
+        if event.type in ENTERPRISE_TYPES:  # not consumer activity; its event time still moves its source's clock
+            wm.observe(source, offset, ts, now)
+            return Outcome.STORED
         too_late = wm.lateness(clock, ts)
         if too_late is not None:
             wm.progress(source, offset, now)

@@ -27,7 +27,6 @@ from streams.engine import SOURCE_KEY, Outcome, PartitionEngine
 from streams.kpis import KpiRow
 from streams.kpi_metrics import KpiExporter
 from streams.errors import LATE_EVENT, WINDOW_CLOSED, DeadLetter, RetryableError, dead_letter_headers
-from streams.events import ENTERPRISE_TYPES
 from streams.broker_health import BrokerHealth
 from streams.validation import decode_event
 
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: engine outcome of a valid event that is not folded because it is late -> reason on copulse.late
 LATE_REASONS = {Outcome.LATE: LATE_EVENT, Outcome.WINDOW_CLOSED: WINDOW_CLOSED}
-#: outcome of a valid enterprise event (streams.events.ENTERPRISE_TYPES): stored raw, not folded into windows
-STORED = "stored"
 
 
 class Pipeline:
@@ -137,19 +134,12 @@ class Pipeline:
                 await self._reject("dlq", event, topic, partition, offset, msg.key, msg.value, now)
                 metrics.DEAD_LETTERED.labels(topic, event.reason).inc()
                 continue
-            if event_type in ENTERPRISE_TYPES:
-                # Not consumer activity: stored raw, never folded into the KPI windows. Its event time still
-                # moves its source's clock (progress only would hold the combined watermark while it flows).
-                engine.wm.observe(SOURCE_KEY[event_type], offset, event.occurred_ms, now)
-                self.raw.append(RawEvent(event, partition, offset))
-                metrics.PROCESSED.labels(event_type, STORED).inc()
-                continue
             outcome = engine.process(event, offset, now)
             processed = self._processed.get((event_type, outcome))
             if processed is None:
                 processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
             processed.inc()
-            if outcome == Outcome.FOLDED:
+            if outcome == Outcome.FOLDED or outcome == Outcome.STORED:
                 self.raw.append(RawEvent(event, partition, offset))
                 if event.occurred_ms > self.max_event_ms:
                     self.max_event_ms = event.occurred_ms
