@@ -27,6 +27,7 @@ from streams.events import Event
 from streams.validation import decode_event
 from tests.helpers_events import unit_settings
 from tests.loyalty_oracle import LoyaltyOracle
+from tests.test_migrations import EXPECTED_OBJECTS
 from tests.test_views import documented_queries, migrated, sql_literal  # noqa: F401 (migrated: a fixture)
 
 UTC = dt.timezone.utc
@@ -199,6 +200,19 @@ def test_loyalty_views_equal_the_oracle_before_and_after_merges(migrated, histor
         client.execute(f"OPTIMIZE TABLE `{database}`.{table} FINAL")
     assert client.execute(f"SELECT count() - uniqExact(event_id) FROM `{database}`.purchases") == [(0,)]
     assert_views_equal(actual_views(client, database), expected)
+
+
+LOYALTY_VIEWS = sorted(name for name in EXPECTED_OBJECTS if name.startswith("loyalty_"))
+
+
+@pytest.mark.integration
+def test_loyalty_views_are_empty_without_activity(migrated):
+    """No activity (only a company-side survey invitation): no range, no periods, no rows and no error."""
+    client, database, settings = migrated
+    with ClickHouseSink(settings) as sink:
+        sink.store(SinkBatch(events=[_event("a", "2024-01-02T10:00:00", "feedback", kind="survey_invited")]))
+    for view in LOYALTY_VIEWS:
+        assert client.execute(f"SELECT count() FROM `{database}`.{view}") == [(0,)], view
 
 
 def _event(consumer: str, when: str, event_type: str = "usage", **record) -> RawEvent:

@@ -131,29 +131,37 @@ SELECT
     state
 FROM
 (
+    -- only the two arrays to unfold leave this subquery: ARRAY JOIN copies every other column per element
     SELECT period, consumer_id, period_index, state
     FROM
     (
         SELECT
             period,
             consumer_id,
-            active,
-            arrayMap(
-                (index, previous, position) -> multiIf(position = 1, 'new', previous + 1 = index, 'returning', 'resurrecting'),
-                active, arrayPushFront(arrayPopBack(active), toUInt32(0)), arrayEnumerate(active)) AS active_states,
-            arrayMap(index -> toUInt32(index + 1),
-                arrayFilter((index, following) -> following != index + 1, active, arrayPushBack(arrayPopFront(active), toUInt32(0))))
-                AS dormant
+            arrayConcat(active, dormant) AS period_indexes,
+            arrayConcat(
+                arrayMap(
+                    (index, previous, position) -> multiIf(position = 1, 'new', previous + 1 = index, 'returning', 'resurrecting'),
+                    active, arrayPushFront(arrayPopBack(active), toUInt32(0)), arrayEnumerate(active)),
+                arrayMap(index -> 'dormant', dormant)) AS states
         FROM
         (
-            SELECT period, consumer_id, arraySort(groupArray(period_index)) AS active
-            FROM `{{db}}`.loyalty_activity
-            GROUP BY period, consumer_id
+            SELECT
+                period,
+                consumer_id,
+                active,
+                arrayMap(index -> toUInt32(index + 1),
+                    arrayFilter((index, following) -> following != index + 1, active, arrayPushBack(arrayPopFront(active), toUInt32(0))))
+                    AS dormant
+            FROM
+            (
+                SELECT period, consumer_id, arraySort(groupArray(period_index)) AS active
+                FROM `{{db}}`.loyalty_activity
+                GROUP BY period, consumer_id
+            )
         )
     )
-    ARRAY JOIN
-        arrayConcat(active, dormant) AS period_index,
-        arrayConcat(active_states, arrayMap(index -> 'dormant', dormant)) AS state
+    ARRAY JOIN period_indexes AS period_index, states AS state
 ) AS states
 ALL INNER JOIN
 (
@@ -362,11 +370,28 @@ FROM
 ) AS daily_active
 ANY LEFT JOIN
 (
-    SELECT active_day + offset AS day, uniqExact(consumer_id) AS mau
+    -- a consumer counts in the MAU of the 30 days from each of their active days, up to (not including) their
+    -- next active day: the spans of one consumer are disjoint, so the MAU of a day is the number of spans
+    -- covering it
+    SELECT active_day + offset AS day, count() AS mau
     FROM
     (
-        SELECT day AS active_day, consumer_id FROM `{{db}}`.loyalty_consumer_days
+        SELECT active_day, span
+        FROM
+        (
+            SELECT
+                days,
+                arrayMap((active, following) -> toUInt32(least(30, following - active)),
+                    days, arrayPushBack(arrayPopFront(days), days[-1] + 30)) AS spans
+            FROM
+            (
+                SELECT arraySort(groupArray(day)) AS days
+                FROM `{{db}}`.loyalty_consumer_days
+                GROUP BY consumer_id
+            )
+        )
+        ARRAY JOIN days AS active_day, spans AS span
     )
-    ARRAY JOIN range(30) AS offset
+    ARRAY JOIN range(span) AS offset
     GROUP BY day
 ) AS monthly_active USING day;
