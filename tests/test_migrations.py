@@ -46,6 +46,18 @@ EXPECTED_OBJECTS = {
     "vci_scorecards",
     "vci_perspective_scores",
     "vci_kpi_attainments",
+    "loyalty_consumer_days",
+    "loyalty_horizon",
+    "loyalty_period_days",
+    "loyalty_periods",
+    "loyalty_activity",
+    "loyalty_consumer_lifecycle",
+    "loyalty_lifecycle",
+    "loyalty_cohort_members",
+    "loyalty_cohorts",
+    "loyalty_repeat_purchase",
+    "loyalty_stickiness",
+    "loyalty_stickiness_rolling",
 }
 
 

@@ -309,11 +309,18 @@ def test_reader_can_select_views_but_not_insert(migrated, clickhouse_settings):
     assert client.execute("SELECT count() FROM kpi_windows") == [(len(fixture_rows()),)]
 
 
+def documented_queries(page: Path, section: str | None = None) -> list[str]:
+    """The ```sql examples of a docs page, or of its '## section' only."""
+    text = page.read_text(encoding="utf-8")
+    if section is not None:
+        match = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+        assert match, f"{page.name} lacks the section '## {section}'"
+        text = match.group(1)
+    return [q.strip().rstrip(";") for q in re.findall(r"```sql\n(.*?)```", text, re.S)]
+
+
 def _documented_queries() -> list[str]:
-    text = CLICKHOUSE_DOC.read_text(encoding="utf-8")
-    match = re.search(r"^## ClickHouse tables and views\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-    assert match, "docs/clickhouse.md lacks the section '## ClickHouse tables and views'"
-    return [q.strip().rstrip(";") for q in re.findall(r"```sql\n(.*?)```", match.group(1), re.S)]
+    return documented_queries(CLICKHOUSE_DOC, "ClickHouse tables and views")
 
 
 def sample_events() -> list[RawEvent]:
@@ -354,7 +361,8 @@ def test_documented_example_queries_run(migrated):
         assert rows or "now()" in query, f"docs/clickhouse.md example returned nothing:\n{query}"
 
 
-def _literal(value) -> str:
+def sql_literal(value) -> str:
+    """A Python value as a ClickHouse SQL literal (for chdb, which takes no parameters here)."""
     if value is None:
         return "NULL"
     if isinstance(value, str):
@@ -383,7 +391,7 @@ def test_views_on_current_clickhouse_release():
             ).data()
             assert "LowCardinality(String)" in types
             rows = fixture_rows()
-            values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
+            values = ", ".join("(" + ", ".join(sql_literal(v) for v in r) + ")" for r in rows)
             session.query(f"INSERT INTO modern.kpi_windows ({', '.join(KPI_COLUMNS)}) VALUES {values}")
             result = session.query(
                 f"SELECT {', '.join(COMPARED)} FROM modern.kpi ORDER BY {', '.join(VIEW_KEY)}", "JSONCompact"
