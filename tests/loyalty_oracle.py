@@ -52,6 +52,8 @@ class LoyaltyOracle:
 
     def __post_init__(self) -> None:
         for event in self.events:
+            if event["type"] not in ("purchase", "usage", "feedback"):
+                continue  # enterprise events (responses): the company's, not the consumer's activity
             if event["type"] == "feedback" and event["kind"] == "survey_invited":
                 continue  # sent by the company: not the consumer's activity
             self.active_days[event["consumer_id"]].add(utc_day(event["occurred_ms"]))
