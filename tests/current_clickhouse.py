@@ -49,18 +49,38 @@ _ERROR_CODE = re.compile(r"Code: (\d+)")
 _INSERT_VALUES = re.compile(r"^\s*INSERT\s+INTO\s.*\bVALUES\s*$", re.I | re.S)
 
 
-class ChdbClient:
-    """clickhouse-driver's ``Client`` API over a chDB session (module docstring)."""
+class _Session:
+    """The one chDB session of the process and the database its unqualified names resolve in."""
 
     def __init__(self, session) -> None:
-        self._session = session
+        self.session = session
+        self.database = "default"
         for setting in _OUTPUT_SETTINGS:
             session.query(f"SET {setting}")
+
+    def query(self, sql: str, database: str) -> str:
+        if database != self.database:
+            self.session.query(f"USE `{database}`")
+            self.database = database
+        return self.session.query(sql, "JSONCompact").data()
+
+
+class ChdbClient:
+    """clickhouse-driver's ``Client`` API over a chDB session (module docstring); like ``Client(database=...)``,
+    unqualified names resolve in ``database``."""
+
+    def __init__(self, session: _Session, database: str = "default") -> None:
+        self._session = session
+        self.database = database
         rows = self.execute("SELECT version(), timezone()")
         self.version_text, timezone = rows[0]
         self.version = tuple(int(p) for p in re.findall(r"\d+", self.version_text))
         # what clickhouse-driver's escaping reads from a connection: the server's time zone
         self._context = SimpleNamespace(server_info=SimpleNamespace(get_timezone=lambda: timezone))
+
+    def in_database(self, database: str) -> ChdbClient:
+        """A client of the same server whose unqualified names resolve in ``database``."""
+        return ChdbClient(self._session, database)
 
     def execute(self, query: str, params=None, *, with_column_types: bool = False, settings: dict | None = None,
                 types_check: bool = False):
@@ -75,7 +95,7 @@ class ChdbClient:
         if settings:
             query += " SETTINGS " + ", ".join(f"{name} = {value!r}" for name, value in settings.items())
         try:
-            text = self._session.query(query, "JSONCompact").data()
+            text = self._session.query(query, self.database)
         except Exception as exc:  # chdb's own error type; turned into the driver's
             match = _ERROR_CODE.search(str(exc))
             raise ServerException(str(exc), code=int(match.group(1)) if match else None) from exc
@@ -166,7 +186,7 @@ def current_clickhouse() -> ChdbClient:
         ) from exc
     path = tempfile.mkdtemp(prefix="copulse-chdb-")
     atexit.register(shutil.rmtree, path, True)
-    client = ChdbClient(chdb.session.Session(path))
+    client = ChdbClient(_Session(chdb.session.Session(path)))
     if client.version < MINIMUM_VERSION:
         raise RuntimeError(f"chdb embeds ClickHouse {client.version_text}, older than {MINIMUM_VERSION}")
     return client
