@@ -18,14 +18,12 @@ import json
 import re
 import shutil
 import subprocess
-import time
-import zlib
-from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.kpi_dataset import HOURS, T0, stored_on_current, stored_on_legacy
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -34,8 +32,6 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 CH_UID, PROM_UID = "copulse-clickhouse", "copulse-prometheus"
 ALL = "__all"
 
-T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # first generated event
-HOURS = 3
 FROM, TO = int(T0.timestamp()), int(T0.timestamp()) + HOURS * 3600 + 1800  # the test's dashboard time range
 
 
@@ -173,133 +169,28 @@ def test_provisioning_matches_docker_compose():
 
 
 # ============================================================================ ClickHouse: real data, real queries
-#: the worker configuration the dataset is generated with (1m and 1h windows, quick closing)
-DATASET_SETTINGS = dict(granularities=["1m", "1h"], allowed_lateness_seconds=30, idle_timeout_seconds=5,
-                        emit_interval_seconds=60)
 LEGACY, CURRENT = "18.16", "current"
 
 
-def generate(settings) -> tuple[list, dict]:
-    """Generated events -> decode/validate -> PartitionEngine per partition (fake clock): the sink batches the
-    worker would store, and counts of what happened to the events."""
-    from copulse.generator import generate_events
-    from streams.batch import RawEvent, Reject, SinkBatch
-    from streams.codec import Decoder
-    from streams.engine import Outcome, PartitionEngine
-    from streams.errors import DeadLetter
-    from streams.validation import decode_event
-
-    partitions = 3
-    count = 6000
-    messages = generate_events(settings, count=count, seed=3, consumers=400, start_ms=int(T0.timestamp() * 1000),
-                               event_time_rate=count / (HOURS * 3600), invalid_fraction=0.03,
-                               duplicate_fraction=0.02, late_fraction=0.01, out_of_order_s=5)
-    decoder = Decoder(settings)
-    engines = {p: PartitionEngine(p, settings) for p in range(partitions)}
-    offsets: dict[tuple[str, int], int] = defaultdict(int)
-    batches: list[SinkBatch] = []
-    batch = SinkBatch()
-    stats: dict[str, int] = defaultdict(int)
-    clock = 0.0
-    wall_ms = int(time.time() * 1000)
-
-    def flush(now: float) -> None:
-        nonlocal batch
-        for engine in engines.values():
-            rows, _ = engine.flush(now)
-            batch.kpi_rows += rows
-        batches.append(batch)
-        stats["kpi_rows"] += len(batch.kpi_rows)
-        batch = SinkBatch()
-
-    for i, msg in enumerate(messages):
-        partition = zlib.crc32(msg.key) % partitions if msg.key else 0
-        offset = offsets[(msg.topic, partition)]
-        offsets[(msg.topic, partition)] += 1
-        event_ms = msg.event.get("occurred_ms") if isinstance(msg.event, dict) else None
-        clock = max(clock, (event_ms or 0) / 1000 + 2)
-        try:
-            event = decode_event(decoder, settings, msg.topic, msg.key, msg.value, wall_ms)
-        except DeadLetter as dead:
-            engines[partition].skip(msg.type if msg.type in ("purchase", "usage", "feedback") else "feedback",
-                                     offset, clock)
-            batch.rejects.append(Reject("dlq", dead.reason, msg.topic, partition, offset, msg.key, len(msg.value),
-                                        int(clock * 1000)))
-            stats["dlq"] += 1
-            continue
-        clock = max(clock, event.occurred_ms / 1000 + 2)
-        outcome = engines[partition].process(event, offset, clock)
-        stats[outcome] += 1
-        if outcome == Outcome.FOLDED:
-            batch.events.append(RawEvent(event, partition, offset))
-        elif outcome not in (Outcome.DUPLICATE, Outcome.REPLAYED):
-            batch.events.append(RawEvent(event, partition, offset))
-            batch.rejects.append(Reject("late", "late_event" if outcome == "late" else outcome, msg.topic, partition,
-                                        offset, msg.key, len(msg.value), int(clock * 1000)))
-        if i % 400 == 399:
-            flush(clock)
-    flush(clock)
-    flush(clock + settings.idle_timeout_seconds + 2 * 3600)  # every source idle: all windows close
-    return batches, dict(stats)
-
-
-def populate(settings, batches: list, client=None) -> None:
-    """Migrate the database of ``settings`` and store the batches through the real sink (``client``: the
-    embedded current ClickHouse; None: the server of ``settings``)."""
-    from sinks.clickhouse import ClickHouseSink
-    from sinks.migrations import migrate
-
-    migrate(settings, client=client)
-    with ClickHouseSink(settings, client=client) as sink:
-        for batch in batches:
-            sink.store(batch)
-
-
 @pytest.fixture(scope="module")
-def dataset() -> list:
-    """The generated sink batches, made once for both releases."""
-    from copulse.settings import Settings
-
-    batches, stats = generate(Settings(**DATASET_SETTINGS))
-    assert stats["dlq"] > 0 and stats["folded"] > 1000, stats
-    return batches
-
-
-@pytest.fixture(scope="module")
-def legacy_reader(clickhouse_settings, dataset):
+def legacy_reader(clickhouse_settings, kpi_dataset):
     """A read-only (copulse_reader) client on a fresh database of ClickHouse 18.16 filled with the dataset."""
-    from urllib.parse import quote
-
     from clickhouse_driver import Client
-    from pydantic import SecretStr
 
-    from copulse.settings import Settings
-    from tests.conftest import unique_name
-
-    database = unique_name("test_dash")
     ch = clickhouse_settings
-    settings = Settings(clickhouse_url=f"clickhouse://{quote(ch['user'], safe='')}@{ch['host']}:{ch['port']}/{database}",
-                        clickhouse_password=SecretStr(ch["password"]), **DATASET_SETTINGS)
-    admin = Client(**{**ch, "database": "default"})
-    try:
-        populate(settings, dataset)
+    with stored_on_legacy(ch, kpi_dataset, "test_dash") as (settings, _):
         client = Client(host=ch["host"], port=ch["port"], user=settings.clickhouse_readonly_user,
-                        password=settings.clickhouse_readonly_password.get_secret_value(), database=database,
+                        password=settings.clickhouse_readonly_password.get_secret_value(),
+                        database=settings.clickhouse["database"],
                         settings={"max_execution_time": 60})  # the plugin sets it too: readonly=2 allows that
         yield client
         client.disconnect()
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        admin.disconnect()
 
 
 @pytest.fixture(scope="module")
-def current_reader(dataset):
+def current_reader(kpi_dataset):
     """The same on the current release (embedded chDB, modern migration variant; no users there)."""
-    from tests.current_clickhouse import migrated_database
-
-    with migrated_database("test_dash", **DATASET_SETTINGS) as (client, settings):
-        populate(settings, dataset, client)
+    with stored_on_current(kpi_dataset, "test_dash") as (settings, client):
         yield client.in_database(settings.clickhouse["database"])
 
 
