@@ -93,7 +93,7 @@ class ChdbClient:
         elif params is not None:
             query = query % escape_params(params, self._context)
         if settings:
-            query += " SETTINGS " + ", ".join(f"{name} = {value!r}" for name, value in settings.items())
+            query += " SETTINGS " + ", ".join(f"{name} = {_setting(value)}" for name, value in settings.items())
         try:
             text = self._session.query(query, self.database)
         except Exception as exc:  # chdb's own error type; turned into the driver's
@@ -109,6 +109,10 @@ class ChdbClient:
 
     def disconnect(self) -> None:
         """Nothing to do: the embedded server lives as long as the process."""
+
+
+def _setting(value) -> str:
+    return str(int(value)) if isinstance(value, bool) else repr(value)
 
 
 def _row_literal(row, context) -> str:
