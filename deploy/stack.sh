@@ -196,7 +196,7 @@ provision_python() {
   [[ -f "$stamp" ]] && have="$(cat "$stamp")"
   if [[ "$want" == "$have" ]] && (cd / && "$PYTHON" - "$REPO_DIR" <<'PY') >/dev/null 2>&1; then
 import os, sys
-import copulse, kafka, clickhouse_driver, pytest  # noqa: F401
+import copulse, kafka, clickhouse_driver, pytest, chdb  # noqa: F401
 sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(copulse.__file__))) != os.path.realpath(sys.argv[1]))
 PY
     return 0

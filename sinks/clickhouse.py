@@ -138,6 +138,7 @@ class ClickHouseSink:
         send_receive_timeout: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         initial_backoff: float = 0.2,
+        client: Client | None = None,
     ) -> None:
         self.settings = settings
         kwargs = settings.clickhouse
@@ -147,7 +148,8 @@ class ClickHouseSink:
         self.retry_max_seconds = float(settings.sink_retry_max_seconds)
         self.initial_backoff = min(initial_backoff, self.retry_max_seconds)
         self._sleep = sleep
-        self._client = Client(
+        # a given client (as migrate() and VciJob take one; the tests' embedded current ClickHouse) is used as it is
+        self._client = client or Client(
             **kwargs,
             connect_timeout=connect_timeout,
             send_receive_timeout=send_receive_timeout,

@@ -165,6 +165,14 @@ def clickhouse_settings():
         yield kwargs
 
 
+@pytest.fixture(scope="session")
+def kpi_dataset():
+    """The sink batches of the generated KPI dataset (tests/kpi_dataset.py), made once per test run."""
+    from tests.kpi_dataset import generate_batches
+
+    return generate_batches()
+
+
 @pytest.fixture
 def clickhouse_db(clickhouse_settings):
     """A ``clickhouse_driver.Client`` connected to a fresh database ``test_<hex>``; dropped after the test."""

@@ -4,9 +4,10 @@
   provisioned data sources; provisioning paths match docker-compose.yml's mounts.
 * Every ClickHouse query (panels and template variables) is expanded like the official plugin does
   ($__timeFilter(col), $__fromTime, $__toTime, $__interval_s, ${var}) and run, as the read-only user
-  copulse_reader, against the real ClickHouse in a fresh database filled by the real engine
+  copulse_reader, against the real ClickHouse 18.16 in a fresh database filled by the real engine
   (streams.engine.PartitionEngine) over generated events and stored by the real sink: every query returns rows,
-  with all filters at All and with each filter set to a real value.
+  with all filters at All and with each filter set to a real value. The same runs on a current release (embedded
+  chDB with the modern migration variant, tests/current_clickhouse.py), and both return the same rows.
 * Every Prometheus expression of the dashboards and of the rules parses (promtool check rules).
 """
 
@@ -17,14 +18,12 @@ import json
 import re
 import shutil
 import subprocess
-import time
-import zlib
-from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.kpi_dataset import HOURS, T0, stored_on_current, stored_on_legacy
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -33,8 +32,6 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 CH_UID, PROM_UID = "copulse-clickhouse", "copulse-prometheus"
 ALL = "__all"
 
-T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # first generated event
-HOURS = 3
 FROM, TO = int(T0.timestamp()), int(T0.timestamp()) + HOURS * 3600 + 1800  # the test's dashboard time range
 
 
@@ -172,108 +169,53 @@ def test_provisioning_matches_docker_compose():
 
 
 # ============================================================================ ClickHouse: real data, real queries
-def populate(settings) -> dict:
-    """Generated events -> decode/validate -> PartitionEngine per partition (fake clock) -> ClickHouseSink."""
-    from copulse.generator import generate_events
-    from sinks.clickhouse import ClickHouseSink
-    from streams.batch import RawEvent, Reject, SinkBatch
-    from sinks.migrations import migrate
-    from streams.codec import Decoder
-    from streams.engine import Outcome, PartitionEngine
-    from streams.errors import DeadLetter
-    from streams.validation import decode_event
-
-    migrate(settings)
-    partitions = 3
-    count = 6000
-    messages = generate_events(settings, count=count, seed=3, consumers=400, start_ms=int(T0.timestamp() * 1000),
-                               event_time_rate=count / (HOURS * 3600), invalid_fraction=0.03,
-                               duplicate_fraction=0.02, late_fraction=0.01, out_of_order_s=5)
-    decoder = Decoder(settings)
-    engines = {p: PartitionEngine(p, settings) for p in range(partitions)}
-    offsets: dict[tuple[str, int], int] = defaultdict(int)
-    sink = ClickHouseSink(settings)
-    batch = SinkBatch()
-    stats: dict[str, int] = defaultdict(int)
-    clock = 0.0
-    wall_ms = int(time.time() * 1000)
-
-    def flush(now: float) -> None:
-        nonlocal batch
-        for engine in engines.values():
-            rows, _ = engine.flush(now)
-            batch.kpi_rows += rows
-        sink.store(batch)
-        stats["kpi_rows"] += len(batch.kpi_rows)
-        batch = SinkBatch()
-
-    for i, msg in enumerate(messages):
-        partition = zlib.crc32(msg.key) % partitions if msg.key else 0
-        offset = offsets[(msg.topic, partition)]
-        offsets[(msg.topic, partition)] += 1
-        event_ms = msg.event.get("occurred_ms") if isinstance(msg.event, dict) else None
-        clock = max(clock, (event_ms or 0) / 1000 + 2)
-        try:
-            event = decode_event(decoder, settings, msg.topic, msg.key, msg.value, wall_ms)
-        except DeadLetter as dead:
-            engines[partition].skip(msg.type if msg.type in ("purchase", "usage", "feedback") else "feedback",
-                                     offset, clock)
-            batch.rejects.append(Reject("dlq", dead.reason, msg.topic, partition, offset, msg.key, len(msg.value),
-                                        int(clock * 1000)))
-            stats["dlq"] += 1
-            continue
-        clock = max(clock, event.occurred_ms / 1000 + 2)
-        outcome = engines[partition].process(event, offset, clock)
-        stats[outcome] += 1
-        if outcome == Outcome.FOLDED:
-            batch.events.append(RawEvent(event, partition, offset))
-        elif outcome not in (Outcome.DUPLICATE, Outcome.REPLAYED):
-            batch.events.append(RawEvent(event, partition, offset))
-            batch.rejects.append(Reject("late", "late_event" if outcome == "late" else outcome, msg.topic, partition,
-                                        offset, msg.key, len(msg.value), int(clock * 1000)))
-        if i % 400 == 399:
-            flush(clock)
-    flush(clock)
-    flush(clock + settings.idle_timeout_seconds + 2 * 3600)  # every source idle: all windows close
-    sink.close()
-    return dict(stats)
+LEGACY, CURRENT = "18.16", "current"
 
 
 @pytest.fixture(scope="module")
-def reader(clickhouse_settings):
-    """A read-only (copulse_reader) client on a fresh database filled with generated KPI data."""
-    from urllib.parse import quote
-
+def legacy_reader(clickhouse_settings, kpi_dataset):
+    """A read-only (copulse_reader) client on a fresh database of ClickHouse 18.16 filled with the dataset."""
     from clickhouse_driver import Client
-    from pydantic import SecretStr
 
-    from copulse.settings import Settings
-    from tests.conftest import unique_name
-
-    database = unique_name("test_dash")
     ch = clickhouse_settings
-    settings = Settings(clickhouse_url=f"clickhouse://{quote(ch['user'], safe='')}@{ch['host']}:{ch['port']}/{database}",
-                        clickhouse_password=SecretStr(ch["password"]), granularities=["1m", "1h"],
-                        allowed_lateness_seconds=30, idle_timeout_seconds=5, emit_interval_seconds=60)
-    admin = Client(**{**ch, "database": "default"})
-    try:
-        stats = populate(settings)
-        assert stats["dlq"] > 0 and stats["folded"] > 1000, stats
+    with stored_on_legacy(ch, kpi_dataset, "test_dash") as (settings, _):
         client = Client(host=ch["host"], port=ch["port"], user=settings.clickhouse_readonly_user,
-                        password=settings.clickhouse_readonly_password.get_secret_value(), database=database,
+                        password=settings.clickhouse_readonly_password.get_secret_value(),
+                        database=settings.clickhouse["database"],
                         settings={"max_execution_time": 60})  # the plugin sets it too: readonly=2 allows that
         yield client
         client.disconnect()
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        admin.disconnect()
+
+
+@pytest.fixture(scope="module")
+def current_reader(kpi_dataset):
+    """The same on the current release (embedded chDB, modern migration variant; no users there)."""
+    with stored_on_current(kpi_dataset, "test_dash") as (settings, client):
+        yield client.in_database(settings.clickhouse["database"])
+
+
+@pytest.fixture(scope="module", params=[LEGACY, CURRENT])
+def reader(request):
+    """Each release in turn: the panel tests below run on both."""
+    return request.getfixturevalue({LEGACY: "legacy_reader", CURRENT: "current_reader"}[request.param])
+
+
+_RESULTS: dict[tuple[int, str], list] = {}
+
+
+def run(client, sql: str) -> list:
+    """The rows of a query, run once per client: the per-release tests and the comparison share them."""
+    key = (id(client), sql)
+    if key not in _RESULTS:
+        _RESULTS[key] = client.execute(sql)
+    return _RESULTS[key]
 
 
 def variable_values(client, board: dict) -> dict[str, list[str]]:
     """variable name -> values its query returns (first column, as Grafana uses it)."""
     out = {}
     for var in board["templating"]["list"]:
-        rows = client.execute(expand(var["query"], {}))
+        rows = run(client, expand(var["query"], {}))
         out[var["name"]] = [str(r[0]) for r in rows]
     return out
 
@@ -286,6 +228,16 @@ def filter_combinations(values: dict[str, list[str]]) -> list[dict[str, str]]:
         combos.append(dict(base, **{name: values[name][0]}))
     combos.append(dict(base, channel=values["channel"][0], region=values["region"][0]))
     return combos
+
+
+def panel_queries(board: dict) -> list[tuple[str, str]]:
+    """(panel title, raw SQL) of every ClickHouse query of the board's panels."""
+    return [(p["title"], t["rawSql"]) for p in all_panels(board) for t in p.get("targets", [])
+            if t["datasource"]["uid"] == CH_UID]
+
+
+def board_combinations(client, board: dict) -> list[dict[str, str]]:
+    return filter_combinations(variable_values(client, board)) if board["templating"]["list"] else [{}]
 
 
 @pytest.mark.integration
@@ -305,18 +257,13 @@ def test_variable_queries_return_values(reader):
 @pytest.mark.parametrize("name", [p.name for p in DASHBOARD_FILES])
 def test_every_clickhouse_query_returns_rows(reader, name):
     board = dashboards()[name]
-    queries = [(p["title"], t["rawSql"]) for p in all_panels(board) for t in p.get("targets", [])
-               if t["datasource"]["uid"] == CH_UID]
+    queries = panel_queries(board)
     assert queries or name == "copulse-pipeline.json"
-    if board["templating"]["list"]:
-        combos = filter_combinations(variable_values(reader, board))
-    else:
-        combos = [{}]
-    for combo in combos:
+    for combo in board_combinations(reader, board):
         for title, raw in queries:
             sql = expand(raw, combo)
             try:
-                rows = reader.execute(sql)
+                rows = run(reader, sql)
             except Exception as exc:  # noqa: BLE001 - show which panel
                 pytest.fail(f"{board['title']} / {title} with {combo} failed: {exc}\n{sql}")
             # KPI panels follow the filters (slice of exactly the chosen dimensions): rows for every combination;
@@ -324,6 +271,20 @@ def test_every_clickhouse_query_returns_rows(reader, name):
             must_have_rows = "picked" in raw or all(v in (ALL, "3600") for v in combo.values())
             if must_have_rows:
                 assert rows, f"{board['title']} / {title} returned no rows with {combo}:\n{sql}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", [p.name for p in DASHBOARD_FILES])
+def test_every_clickhouse_query_agrees_on_both_releases(legacy_reader, current_reader, name):
+    """Every variable and panel query, with every filter combination, returns the same rows on ClickHouse 18.16
+    and on the current release (modern migration variant) over the same data (row order aside)."""
+    board = dashboards()[name]
+    assert variable_values(current_reader, board) == variable_values(legacy_reader, board)
+    for combo in board_combinations(legacy_reader, board):
+        for title, raw in panel_queries(board):
+            sql = expand(raw, combo)
+            legacy, current = (sorted(run(client, sql), key=repr) for client in (legacy_reader, current_reader))
+            assert current == legacy, f"{board['title']} / {title} with {combo} differs between releases:\n{sql}"
 
 
 # ============================================================================ Prometheus expressions

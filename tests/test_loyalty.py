@@ -28,10 +28,9 @@ from streams.validation import decode_event
 from tests.helpers_events import unit_settings
 from tests.loyalty_oracle import LoyaltyOracle
 from tests.test_migrations import EXPECTED_OBJECTS
-from tests.test_views import documented_queries, migrated, sql_literal  # noqa: F401 (migrated: a fixture)
+from tests.test_views import documented_queries, migrated  # noqa: F401 (migrated: a fixture)
 
 UTC = dt.timezone.utc
-LOYALTY_DOC = Path(__file__).resolve().parents[1] / "docs" / "loyalty.md"
 START = dt.datetime(2024, 1, 17, 9, 30, tzinfo=UTC)  # a Wednesday: first week and month are partial
 SPAN_DAYS = 130
 MESSAGES = 5000
@@ -317,7 +316,7 @@ def test_documented_loyalty_queries_run(migrated, history):
     """Every SQL example of docs/loyalty.md runs on the real server and returns rows for the generated months."""
     client, database, settings = migrated
     store_with_crash_replays(settings, history[1])
-    queries = documented_queries(LOYALTY_DOC)
+    queries = loyalty_queries()
     assert len(queries) >= 6
     for query in queries:
         assert client.execute(query.replace("copulse.", f"`{database}`.")), f"docs/loyalty.md example returned nothing:\n{query}"
@@ -342,7 +341,7 @@ def test_loyalty_views_on_current_clickhouse_release(history):
             for table, values in by_table.items():
                 session.query(f"INSERT INTO modern.{table} ({', '.join(EVENT_COLUMNS[table])}) VALUES {', '.join(values)}")
             assert_views_equal(actual_views(ChdbClient(session), "modern"), expected_views(LoyaltyOracle(described)))
-            for query in documented_queries(LOYALTY_DOC):
+            for query in loyalty_queries():
                 assert json.loads(session.query(query.replace("copulse.", "modern."), "JSONCompact").data())["data"]
         finally:
             session.close()
@@ -376,3 +375,17 @@ def _python(value, kind: str):
     if kind.startswith("Float"):
         return float(value)
     return value
+
+
+def loyalty_queries() -> list[str]:
+    """The SQL examples of docs/loyalty.md."""
+    return [query for where, query in documented_queries() if where == "docs/loyalty.md"]
+
+
+def sql_literal(value) -> str:
+    """A Python value as a ClickHouse SQL literal (for chdb, which takes no parameters here)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import pytest
@@ -25,6 +28,7 @@ from sinks.migrations import (
 )
 from sinks.rows import EVENT_COLUMNS, KPI_COLUMNS, REJECT_COLUMNS
 from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS
+from tests.current_clickhouse import current_clickhouse, current_settings
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 LEGACY = (18, 16, 1)
@@ -79,6 +83,50 @@ def fresh_database(clickhouse_settings):
     admin = Client(**clickhouse_settings)
     admin.execute(f"DROP DATABASE IF EXISTS {name}")
     admin.disconnect()
+
+
+class Target(NamedTuple):
+    """A fresh database (not created yet) on one ClickHouse release, and an admin client of that server."""
+
+    release: str
+    database: str
+    settings: Settings
+    client: object  # clickhouse-driver's Client, or the embedded current release's (tests/current_clickhouse.py)
+    given_client: object | None  # what migrate() is given: None connects to the server of ``settings``
+
+    def migrate(self) -> list[str]:
+        return migrate(self.settings, client=self.given_client)
+
+
+@contextlib.contextmanager
+def _legacy_target(clickhouse_settings: dict, database: str):
+    client = Client(**clickhouse_settings)
+    try:
+        yield Target("18.16", database, ch_settings(clickhouse_settings, database), client, None)
+    finally:
+        client.disconnect()
+
+
+@contextlib.contextmanager
+def _current_target():
+    client = current_clickhouse()
+    database = f"test_mig_{uuid.uuid4().hex[:12]}"
+    try:
+        yield Target("current", database, current_settings(database), client, client)
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+@pytest.fixture(params=["18.16", "current"])
+def target(request):
+    """A fresh database on ClickHouse 18.16 (legacy variant) and on a current release (modern variant) in turn."""
+    if request.param == "18.16":
+        with _legacy_target(request.getfixturevalue("clickhouse_settings"),
+                            request.getfixturevalue("fresh_database")) as t:
+            yield t
+    else:
+        with _current_target() as t:
+            yield t
 
 
 # --- rendering (no server) ---------------------------------------------------------------------------
@@ -147,61 +195,75 @@ def _columns(client: Client, database: str, table: str) -> list[tuple[str, str]]
 
 
 @pytest.mark.integration
-def test_migrate_creates_database_and_is_idempotent(clickhouse_settings, fresh_database):
-    settings = ch_settings(clickhouse_settings, fresh_database)
+def test_migrate_creates_database_and_is_idempotent(target):
     names = [m.name for m in load_migrations()]
-    assert migrate(settings) == names
-    assert migrate(settings) == []
-    assert migrate(settings) == []
-    client = Client(**clickhouse_settings)
-    try:
-        objects = _objects(client, fresh_database)
-        assert set(objects) == EXPECTED_OBJECTS
-        assert objects["kpi_windows"] == "ReplacingMergeTree" and objects["kpi"] == "View"
-        recorded = client.execute(
-            f"SELECT version, name, checksum FROM {fresh_database}.schema_migrations FINAL ORDER BY version"
-        )
-        assert recorded == [(m.version, m.name, m.checksum) for m in load_migrations()]
-    finally:
-        client.disconnect()
+    assert target.migrate() == names
+    assert target.migrate() == []
+    assert target.migrate() == []
+    client, fresh_database = target.client, target.database
+    objects = _objects(client, fresh_database)
+    assert set(objects) == EXPECTED_OBJECTS
+    assert objects["kpi_windows"] == "ReplacingMergeTree" and objects["kpi"] == "View"
+    recorded = client.execute(
+        f"SELECT version, name, checksum, variant FROM {fresh_database}.schema_migrations FINAL ORDER BY version"
+    )
+    variant = "legacy" if target.release == "18.16" else "modern"
+    assert recorded == [(m.version, m.name, m.checksum, variant) for m in load_migrations()]
 
 
 @pytest.mark.integration
-def test_tables_match_the_row_contract(clickhouse_settings, fresh_database):
-    migrate(ch_settings(clickhouse_settings, fresh_database))
-    client = Client(**clickhouse_settings)
-    try:
-        kpi = _columns(client, fresh_database, "kpi_windows")
-        assert tuple(name for name, _ in kpi) == ROW_COLUMNS == KPI_COLUMNS
-        types = dict(kpi)
-        assert types["granularity_seconds"] == "UInt32" and types["partition"] == "UInt16"
-        assert all(types[c] == ("Int64" if c == "revenue_minor" else "UInt64") for c in COUNTERS)
-        assert all(types[c] == "String" for c in KEY_COLUMNS[2:-1])
-        assert types["version"] == "UInt64" and types["is_final"] == "UInt8"
-        assert all(types[c] == "DateTime('UTC')" for c in ("window_start", "window_end", "emitted_at"))
-        keys = client.execute(
-            "SELECT sorting_key, partition_key FROM system.tables WHERE database = %(d)s AND name = 'kpi_windows'",
-            {"d": fresh_database},
-        )[0]
-        assert [c.strip() for c in keys[0].split(",")] == list(KEY_COLUMNS)
-        assert keys[1] == "toYYYYMM(window_start)"
-        for table, columns in EVENT_COLUMNS.items():
-            actual = _columns(client, fresh_database, table)
-            assert tuple(name for name, _ in actual) == columns, table
-            assert dict(actual)["occurred_at"] == "DateTime('UTC')"
-        assert dict(_columns(client, fresh_database, "purchases"))["amount"] == "Decimal(18, 2)"
-        assert tuple(name for name, _ in _columns(client, fresh_database, "rejected")) == REJECT_COLUMNS
-        # every counter and every ratio reaches the public view
-        kpi_view = {name for name, _ in _columns(client, fresh_database, "kpi")}
-        assert set(COUNTERS) <= kpi_view
-        assert {
-            "participation_rate", "csat_avg", "csat_pct", "nps", "survey_response_rate", "revenue", "aov",
-            "returning_purchaser_rate", "avg_session_seconds", "feature_adoption", "feature_adoption_denominator",
-            "is_final", "window_end",
-        } <= kpi_view
-        assert dict(_columns(client, fresh_database, "kpi"))["revenue"] == "Decimal(18, 2)"
-    finally:
-        client.disconnect()
+def test_current_release_gets_the_modern_variant_with_the_legacy_columns(clickhouse_settings, fresh_database):
+    """Every table and view of the modern variant (current release) has the columns of the legacy one (18.16), in
+    the same order and of the same types once LowCardinality(T) is read as T; the raw tables' text dimensions are
+    LowCardinality there."""
+    with _legacy_target(clickhouse_settings, fresh_database) as legacy, _current_target() as current:
+        legacy.migrate()
+        current.migrate()
+        objects = _objects(legacy.client, legacy.database)
+        assert _objects(current.client, current.database) == objects
+        low_cardinality = set()
+        for name in objects:
+            legacy_columns = _columns(legacy.client, legacy.database, name)
+            current_columns = _columns(current.client, current.database, name)
+            plain = [(column, re.sub(r"LowCardinality\((.*)\)$", r"\1", type_)) for column, type_ in current_columns]
+            assert plain == legacy_columns, name
+            low_cardinality |= {f"{name}.{column}" for column, type_ in current_columns if "LowCardinality" in type_}
+        assert {"purchases.channel", "purchases.segment", "usage_events.feature", "feedback.kind"} <= low_cardinality
+
+
+@pytest.mark.integration
+def test_tables_match_the_row_contract(target):
+    target.migrate()
+    client, fresh_database = target.client, target.database
+    kpi = _columns(client, fresh_database, "kpi_windows")
+    assert tuple(name for name, _ in kpi) == ROW_COLUMNS == KPI_COLUMNS
+    types = dict(kpi)
+    assert types["granularity_seconds"] == "UInt32" and types["partition"] == "UInt16"
+    assert all(types[c] == ("Int64" if c == "revenue_minor" else "UInt64") for c in COUNTERS)
+    assert all(types[c] == "String" for c in KEY_COLUMNS[2:-1])
+    assert types["version"] == "UInt64" and types["is_final"] == "UInt8"
+    assert all(types[c] == "DateTime('UTC')" for c in ("window_start", "window_end", "emitted_at"))
+    keys = client.execute(
+        "SELECT sorting_key, partition_key FROM system.tables WHERE database = %(d)s AND name = 'kpi_windows'",
+        {"d": fresh_database},
+    )[0]
+    assert [c.strip() for c in keys[0].split(",")] == list(KEY_COLUMNS)
+    assert keys[1] == "toYYYYMM(window_start)"
+    for table, columns in EVENT_COLUMNS.items():
+        actual = _columns(client, fresh_database, table)
+        assert tuple(name for name, _ in actual) == columns, table
+        assert dict(actual)["occurred_at"] == "DateTime('UTC')"
+    assert dict(_columns(client, fresh_database, "purchases"))["amount"] == "Decimal(18, 2)"
+    assert tuple(name for name, _ in _columns(client, fresh_database, "rejected")) == REJECT_COLUMNS
+    # every counter and every ratio reaches the public view
+    kpi_view = {name for name, _ in _columns(client, fresh_database, "kpi")}
+    assert set(COUNTERS) <= kpi_view
+    assert {
+        "participation_rate", "csat_avg", "csat_pct", "nps", "survey_response_rate", "revenue", "aov",
+        "returning_purchaser_rate", "avg_session_seconds", "feature_adoption", "feature_adoption_denominator",
+        "is_final", "window_end",
+    } <= kpi_view
+    assert dict(_columns(client, fresh_database, "kpi"))["revenue"] == "Decimal(18, 2)"
 
 
 @pytest.mark.integration

@@ -1,13 +1,16 @@
 """The KPI and dead-letter views compute every ratio exactly, on hand-made partials (several source partitions,
-several versions per partition inserted out of order), on the real ClickHouse and, when the chdb package is
-installed, on a current ClickHouse release too (the modern migration variant)."""
+several versions per partition inserted out of order), on ClickHouse 18.16 (the local server) and on a current
+release (embedded chDB, tests/current_clickhouse.py, with the modern migration variant); every view and every
+documented SQL example returns the same rows on both."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import pytest
@@ -15,20 +18,25 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException
 from pydantic import SecretStr
 
+from copulse.scorecard.job import VciJob
 from copulse.settings import Settings
 from sinks.clickhouse import ClickHouseSink
 from streams.batch import RawEvent, Reject, SinkBatch
-from sinks.migrations import load_migrations, migrate, render, split_statements
+from sinks.migrations import migrate, split_statements
 from sinks.rows import KPI_COLUMNS
 from streams.kpis import kpi_row
 from streams.events import Event
 from streams.kpis import COUNTERS, revenue_decimal
+from tests.conftest import unique_name
+from tests.current_clickhouse import migrated_database
 
 UTC = dt.timezone.utc
 W1 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 W2 = dt.datetime(2024, 5, 1, 13, 0, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
-CLICKHOUSE_DOC = Path(__file__).resolve().parents[1] / "docs" / "clickhouse.md"
+REPO = Path(__file__).resolve().parents[1]
+#: where SQL examples for users are: every ```sql block of these runs in the tests
+DOCUMENTS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
 READONLY_CODES = {164, 497}
 
 DIMS = ("channel", "region", "category", "segment", "product_id", "feature")
@@ -204,22 +212,85 @@ def assert_view_matches(actual: dict, expected: dict) -> None:
                 assert isinstance(got[column], Decimal)
 
 
-@pytest.fixture
-def migrated(clickhouse_db, clickhouse_settings):
-    database = clickhouse_db.connection.database
+class Migrated(NamedTuple):
+    """A migrated database on one ClickHouse release: ``client`` reads, ``writer`` is the client the writing code
+    is given (None: it connects to ``settings``' server itself, as in production)."""
+
+    release: str
+    client: object
+    database: str
+    settings: Settings
+    writer: object | None
+
+    def sink(self) -> ClickHouseSink:
+        return ClickHouseSink(self.settings, client=self.writer)
+
+    def store(self, *batches: SinkBatch) -> None:
+        with self.sink() as sink:
+            for batch in batches:
+                sink.store(batch)
+
+    def score_vci(self) -> None:
+        """The VCI scoring job over every final 1h window of the fixture."""
+        job = VciJob(self.settings, client=self.writer, export=False)
+        try:
+            assert job.run_once(since=0, until=int(W2.timestamp()) + 3600, granularities=[3600]).total > 0
+        finally:
+            job.close()
+
+
+@contextlib.contextmanager
+def _migrated_legacy(clickhouse_settings: dict):
+    """A fresh database on ClickHouse 18.16 (the local server), migrated by ``copulse db migrate``'s code."""
+    database = unique_name("test_views")
     settings = ch_settings(clickhouse_settings, database)
     migrate(settings)
-    return clickhouse_db, database, settings
+    client = Client(**{**clickhouse_settings, "database": database})
+    try:
+        yield Migrated(LEGACY, client, database, settings, None)
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        client.disconnect()
+
+
+@contextlib.contextmanager
+def _migrated_current():
+    """A fresh database on the current release (embedded chDB), migrated the same way: the modern variant."""
+    with migrated_database("test_views") as (client, settings):
+        yield Migrated(CURRENT, client, settings.clickhouse["database"], settings, client)
+
+
+LEGACY, CURRENT = "18.16", "current"
+
+
+@pytest.fixture(params=[LEGACY, CURRENT])
+def migrated(request):
+    """A migrated database on each release in turn: the exact tests below run on both."""
+    if request.param == LEGACY:
+        with _migrated_legacy(request.getfixturevalue("clickhouse_settings")) as m:
+            yield m
+    else:
+        with _migrated_current() as m:
+            yield m
+
+
+@pytest.fixture
+def both_releases(clickhouse_settings):
+    """The same fixture data (KPI partials, raw events replayed, rejects, VCI scores) on both releases."""
+    with _migrated_legacy(clickhouse_settings) as legacy, _migrated_current() as current:
+        for m in (legacy, current):
+            m.store(SinkBatch(kpi_rows=fixture_rows(), events=sample_events(), rejects=sample_rejects()),
+                    SinkBatch(events=sample_events(), rejects=sample_rejects()[:2]))  # replayed: nothing counts twice
+            m.score_vci()
+        yield legacy, current
 
 
 @pytest.mark.integration
 def test_kpi_view_computes_every_ratio_exactly(migrated):
-    client, database, settings = migrated
+    client, database = migrated.client, migrated.database
     rows = fixture_rows()
-    with ClickHouseSink(settings) as sink:
-        # two inserts so the versions of one key sit in different parts (no merge has happened)
-        sink.store(SinkBatch(kpi_rows=rows[: len(rows) // 2]))
-        sink.store(SinkBatch(kpi_rows=rows[len(rows) // 2 :]))
+    # two inserts so the versions of one key sit in different parts (no merge has happened)
+    migrated.store(SinkBatch(kpi_rows=rows[: len(rows) // 2]), SinkBatch(kpi_rows=rows[len(rows) // 2 :]))
     expected = expected_view(rows)
     actual = _actual(client, database)
     assert_view_matches(actual, expected)
@@ -255,18 +326,21 @@ def test_kpi_view_computes_every_ratio_exactly(migrated):
 
 
 @pytest.mark.integration
-def test_dead_letter_summary_counts_each_message_once(migrated):
-    client, database, settings = migrated
+def sample_rejects() -> list[Reject]:
     base_ms = int(W1.timestamp() * 1000)
-    rejects = [
+    return [
         Reject("dlq", "schema_unknown", "copulse.purchases", 0, 10, b"c1", 100, base_ms + 1000),
         Reject("dlq", "schema_unknown", "copulse.purchases", 1, 10, b"c2", 120, base_ms + 2000),
         Reject("dlq", "currency", "copulse.purchases", 1, 11, None, 90, base_ms + 3000),
         Reject("late", "late", "copulse.usage", 2, 7, b"\xffraw", 60, base_ms + 61000),
     ]
-    with ClickHouseSink(settings) as sink:
-        sink.store(SinkBatch(rejects=rejects))
-        sink.store(SinkBatch(rejects=rejects[:2]))  # a replay
+
+
+@pytest.mark.integration
+def test_dead_letter_summary_counts_each_message_once(migrated):
+    client, database = migrated.client, migrated.database
+    rejects = sample_rejects()
+    migrated.store(SinkBatch(rejects=rejects), SinkBatch(rejects=rejects[:2]))  # the second is a replay
     summary = client.execute(
         f"SELECT minute, kind, topic, reason, messages, value_bytes FROM `{database}`.dead_letter_summary "
         "ORDER BY minute, kind, topic, reason"
@@ -281,10 +355,15 @@ def test_dead_letter_summary_counts_each_message_once(migrated):
 
 
 @pytest.mark.integration
-def test_reader_can_select_views_but_not_insert(migrated, clickhouse_settings):
-    client, database, settings = migrated
-    with ClickHouseSink(settings) as sink:
-        sink.store(SinkBatch(kpi_rows=fixture_rows()))
+def test_reader_can_select_views_but_not_insert(clickhouse_settings):
+    """18.16 only: the read-only user is the local server's (deploy/clickhouse/users.xml); chDB has no users."""
+    with _migrated_legacy(clickhouse_settings) as migrated:
+        _reader_can_select_views_but_not_insert(migrated, clickhouse_settings)
+
+
+def _reader_can_select_views_but_not_insert(migrated: Migrated, clickhouse_settings: dict) -> None:
+    client, database, settings = migrated.client, migrated.database, migrated.settings
+    migrated.store(SinkBatch(kpi_rows=fixture_rows()))
     reader = Client(
         host=clickhouse_settings["host"],
         port=clickhouse_settings["port"],
@@ -309,18 +388,13 @@ def test_reader_can_select_views_but_not_insert(migrated, clickhouse_settings):
     assert client.execute("SELECT count() FROM kpi_windows") == [(len(fixture_rows()),)]
 
 
-def documented_queries(page: Path, section: str | None = None) -> list[str]:
-    """The ```sql examples of a docs page, or of its '## section' only."""
-    text = page.read_text(encoding="utf-8")
-    if section is not None:
-        match = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
-        assert match, f"{page.name} lacks the section '## {section}'"
-        text = match.group(1)
-    return [q.strip().rstrip(";") for q in re.findall(r"```sql\n(.*?)```", text, re.S)]
-
-
-def _documented_queries() -> list[str]:
-    return documented_queries(CLICKHOUSE_DOC, "ClickHouse tables and views")
+def documented_queries() -> list[tuple[str, str]]:
+    """(file, statement) of every ```sql block of README.md and docs/*.md."""
+    out = []
+    for path in DOCUMENTS:
+        for block in re.findall(r"^```sql\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M):
+            out += [(path.relative_to(REPO).as_posix(), statement) for statement in split_statements(block)]
+    return out
 
 
 def sample_events() -> list[RawEvent]:
@@ -346,73 +420,71 @@ def sample_events() -> list[RawEvent]:
     return [RawEvent(e, 0, 0) for e in events]
 
 
+#: columns holding the wall clock of a write (not the data's): they differ between any two loads
+WALL_CLOCK_COLUMNS = ("ingested_at", "computed_at", "registered_at")
+
+
+def _comparable(client, query: str) -> tuple[list[str], list[tuple]]:
+    """Column names and rows of a query, rows sorted (views have no ORDER BY), wall-clock columns left out."""
+    rows, types = client.execute(query, with_column_types=True)
+    names = [name for name, _ in types]
+    keep = [i for i, name in enumerate(names) if name not in WALL_CLOCK_COLUMNS]
+    picked = [tuple(row[i] for i in keep) for row in rows]
+    return [names[i] for i in keep], sorted(picked, key=repr)
+
+
+def expected_purchase_cohorts() -> list[tuple]:
+    """The cohort example of docs/clickhouse.md (cohort month, month, purchasers, revenue) from sample_events()."""
+    purchases = [raw.event for raw in sample_events() if raw.event.type == "purchase"]
+    first: dict[str, int] = {}
+    for event in purchases:
+        first[event.consumer_id] = min(first.get(event.consumer_id, event.occurred_ms), event.occurred_ms)
+
+    def month(ms: int) -> dt.date:
+        return dt.datetime.fromtimestamp(ms / 1000, UTC).date().replace(day=1)
+
+    cells: dict[tuple, tuple[set, Decimal]] = {}
+    for event in purchases:
+        key = (month(first[event.consumer_id]), month(event.occurred_ms))
+        consumers, revenue = cells.get(key, (set(), Decimal(0)))
+        cells[key] = (consumers | {event.consumer_id}, revenue + event.record["amount"])
+    return [(cohort, m, len(consumers), revenue) for (cohort, m), (consumers, revenue) in sorted(cells.items())]
+
+
 @pytest.mark.integration
-def test_documented_example_queries_run(migrated):
-    """Every SQL example of the docs section runs on the real server (database name swapped)."""
-    client, database, settings = migrated
-    with ClickHouseSink(settings) as sink:
-        sink.store(SinkBatch(kpi_rows=fixture_rows(), events=sample_events()))
-        sink.store(SinkBatch(events=sample_events()))  # replayed: examples must not double count
-    queries = _documented_queries()
-    assert len(queries) >= 5
-    returned = [client.execute(query.replace("copulse.", f"`{database}`.")) for query in queries]
-    # the fixture lies in 2024: examples relative to now() return nothing, the others must return rows
-    for query, rows in zip(queries, returned):
-        assert rows or "now()" in query, f"docs/clickhouse.md example returned nothing:\n{query}"
+def test_every_view_returns_the_same_rows_on_both_releases(both_releases):
+    """Every view the migrations create (found in system.tables, so a new view is covered without a change
+    here) returns the same rows on 18.16 and on the current release over the same data."""
+    legacy, current = both_releases
+    views = [name for (name,) in legacy.client.execute(
+        "SELECT name FROM system.tables WHERE database = %(db)s AND engine = 'View' ORDER BY name",
+        {"db": legacy.database})]
+    assert {"kpi", "kpi_final", "kpi_totals", "kpi_partials", "dead_letter_summary", "vci_kpi_attainments"} <= set(views)
+    assert [name for (name,) in current.client.execute(
+        "SELECT name FROM system.tables WHERE database = %(db)s AND engine = 'View' ORDER BY name",
+        {"db": current.database})] == views
+    for view in views:
+        columns, rows = _comparable(legacy.client, f"SELECT * FROM `{legacy.database}`.`{view}`")
+        assert rows, f"view {view} is empty on the fixture: the comparison would prove nothing"
+        assert _comparable(current.client, f"SELECT * FROM `{current.database}`.`{view}`") == (columns, rows), view
 
 
-def sql_literal(value) -> str:
-    """A Python value as a ClickHouse SQL literal (for chdb, which takes no parameters here)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return str(value)
-
-
-def test_views_on_current_clickhouse_release():
-    """The modern migration variant and the views on a current ClickHouse (embedded by the chdb package)."""
-    chdb_session = pytest.importorskip("chdb.session", reason="chdb (embedded current ClickHouse) is not installed")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as path:
-        session = chdb_session.Session(path)
-        try:
-            version_text = session.query("SELECT version()", "CSV").data().strip().strip('"')
-            version = tuple(int(p) for p in version_text.split("."))
-            assert version >= (20, 3)
-            session.query("CREATE DATABASE IF NOT EXISTS modern")
-            for migration in load_migrations():
-                for statement in split_statements(render(migration.template, "modern", version)):
-                    session.query(statement)
-            types = session.query(
-                "SELECT type FROM system.columns WHERE database = 'modern' AND table = 'purchases' AND name = 'channel'",
-                "CSV",
-            ).data()
-            assert "LowCardinality(String)" in types
-            rows = fixture_rows()
-            values = ", ".join("(" + ", ".join(sql_literal(v) for v in r) + ")" for r in rows)
-            session.query(f"INSERT INTO modern.kpi_windows ({', '.join(KPI_COLUMNS)}) VALUES {values}")
-            result = session.query(
-                f"SELECT {', '.join(COMPARED)} FROM modern.kpi ORDER BY {', '.join(VIEW_KEY)}", "JSONCompact"
-            )
-            import json
-
-            data = json.loads(result.data())["data"]
-            actual = {}
-            for row in data:
-                rec = dict(zip(COMPARED, row))
-                for c in ("window_start", "window_end"):
-                    rec[c] = int(dt.datetime.fromisoformat(rec[c]).replace(tzinfo=UTC).timestamp())
-                for c in ("revenue", "aov"):
-                    rec[c] = None if rec[c] is None else Decimal(str(rec[c])).quantize(Decimal("0.01"))
-                for c in COUNTERS + ("granularity_seconds", "is_final", "partials", "feature_adoption_denominator"):
-                    rec[c] = int(rec[c])
-                actual[tuple(rec[c] for c in VIEW_KEY)] = rec
-            assert_view_matches(actual, expected_view(rows))
-            finals = session.query("SELECT count() FROM modern.kpi_final", "CSV").data().strip()
-            assert int(finals) == sum(1 for v in expected_view(rows).values() if v["is_final"] == 1)
-            for query in _documented_queries():  # the documented examples parse and run on the current release too
-                session.query(query.replace("copulse.", "modern."))
-        finally:
-            session.close()
+@pytest.mark.integration
+def test_documented_queries_run_and_agree_on_both_releases(both_releases):
+    """Every SQL example of README.md and docs/*.md runs on 18.16 and on the current release (database name
+    swapped) and returns the same rows on both; rows at all, except examples relative to now() (the fixture
+    lies in 2024)."""
+    legacy, current = both_releases
+    queries = documented_queries()
+    assert len(queries) >= 7
+    for where, query in queries:
+        results = []
+        for m in (legacy, current):
+            try:
+                results.append(_comparable(m.client, query.replace("copulse.", f"`{m.database}`.")))
+            except ServerException as exc:
+                pytest.fail(f"{where} example fails on ClickHouse {m.release}: {exc.message}\n{query}")
+        assert results[0][1] or "now()" in query, f"{where} example returned nothing:\n{query}"
+        if "cohort_month" in query:  # the one example whose exact answer is easy to recompute
+            assert results[0][1] == sorted(expected_purchase_cohorts(), key=repr), query
+        assert results[1] == results[0], f"{where} example differs between 18.16 and the current release:\n{query}"

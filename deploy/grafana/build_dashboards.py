@@ -12,7 +12,9 @@ the committed JSON differs from what this script generates, and runs every query
 ClickHouse panels use the official plugin (grafana-clickhouse-datasource, uid ``copulse-clickhouse``) in SQL
 mode with its macros ($__timeFilter(col), $__fromTime, $__toTime, $__interval_s) and read the views of
 schemas/clickhouse (kpi_final, kpi, dead_letter_summary) or the raw event tables, unqualified: the data
-source's default database is ``copulse``. The SQL is written for ClickHouse 18.16 and current releases alike.
+source's default database is ``copulse``. The SQL is written for ClickHouse 18.16 and current releases alike
+(the tests run it on both and compare the rows); an ORDER BY before a LIMIT ends with a unique key, so ties
+never make a panel show different rows on different releases.
 
 Filters: ``granularity`` (window seconds) and ``channel``, ``region``, ``category``, ``product`` (All =
 ``__all``). KPI panels read the slice that groups by exactly the chosen dimensions, in the order of
@@ -108,7 +110,7 @@ def top_products_sql(columns: str, order: str) -> str:
     return (
         f"SELECT\n  product_id,\n  {columns}\nFROM kpi_final\n"
         "WHERE granularity_seconds = ${granularity}\n  AND $__timeFilter(window_start)\n  AND slice = 'product_id'\n"
-        f"GROUP BY product_id\nORDER BY {order} DESC\nLIMIT 20"
+        f"GROUP BY product_id\nORDER BY {order} DESC, product_id\nLIMIT 20"
     )
 
 
@@ -400,7 +402,7 @@ def participation() -> dict:
             description="Sums over the windows of the time range (slice 'product_id').")
     d.table("Latest ideas",
             "SELECT\n  occurred_at AS time,\n  channel,\n  region,\n  product_id,\n  text\nFROM feedback\n"
-            f"WHERE kind = 'idea'\n  AND {RAW_FILTER}ORDER BY occurred_at DESC\nLIMIT 1 BY event_id\nLIMIT 50",
+            f"WHERE kind = 'idea'\n  AND {RAW_FILTER}ORDER BY occurred_at DESC, event_id\nLIMIT 1 BY event_id\nLIMIT 50",
             description="Raw feedback events (every filter applies).")
     return d.json()
 
@@ -431,7 +433,7 @@ def satisfaction() -> dict:
     d.table("Low ratings, reviews and bug reports",
             "SELECT\n  occurred_at AS time,\n  kind,\n  score,\n  channel,\n  region,\n  product_id,\n  text\n"
             "FROM feedback\nWHERE kind IN ('rating', 'review', 'bug_report')\n  AND (kind != 'rating' OR score <= 2)\n"
-            f"  AND {RAW_FILTER}ORDER BY occurred_at DESC\nLIMIT 1 BY event_id\nLIMIT 100",
+            f"  AND {RAW_FILTER}ORDER BY occurred_at DESC, event_id\nLIMIT 1 BY event_id\nLIMIT 100",
             w=16, h=8, description="Raw feedback events, newest first (every filter applies).")
     return d.json()
 
@@ -521,7 +523,7 @@ def pipeline() -> dict:
     d.table("Rejected messages by topic and reason (ClickHouse)",
             "SELECT\n  kind,\n  topic,\n  reason,\n  sum(messages) AS rejected,\n  sum(value_bytes) AS bytes\n"
             "FROM dead_letter_summary\nWHERE minute >= toStartOfMinute($__fromTime) AND minute <= $__toTime\n"
-            "GROUP BY kind, topic, reason\nORDER BY rejected DESC\nLIMIT 100", w=24)
+            "GROUP BY kind, topic, reason\nORDER BY rejected DESC, kind, topic, reason\nLIMIT 100", w=24)
     d.row("ClickHouse sink")
     d.prom("Insert latency",
            [("histogram_quantile(0.5, sum by (le, table) (rate(copulse_sink_insert_duration_seconds_bucket[$__rate_interval])))",
