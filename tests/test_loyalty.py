@@ -2,24 +2,19 @@
 (tests/loyalty_oracle.py): months of generated events, stored through the real sink into the real ClickHouse,
 with duplicates of the same event_id from a crash replay; every figure is compared exactly, before and after
 the raw tables merge the duplicates away. A hand-made history checks the definitions without the oracle, and
-every documented query of docs/loyalty.md runs. When the chdb package is installed the views run on a current
-ClickHouse release too."""
+every documented query of docs/loyalty.md runs. Each test runs on ClickHouse 18.16 and on a current release
+(chDB; the ``migrated`` fixture of tests/test_views.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import tempfile
 import zlib
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from copulse.generator import DUPLICATE, LATE, VALID, generate_events
-from sinks.clickhouse import ClickHouseSink
-from sinks.migrations import load_migrations, render, split_statements
-from sinks.rows import EVENT_COLUMNS, EVENT_TABLES, event_row
+from sinks.rows import EVENT_TABLES
 from streams.batch import RawEvent, SinkBatch
 from streams.codec import Decoder
 from streams.errors import DeadLetter
@@ -82,12 +77,12 @@ def history():
     return generated_history()
 
 
-def store_with_crash_replays(settings, events: list[RawEvent]) -> int:
+def store_with_crash_replays(migrated, events: list[RawEvent]) -> int:
     """Store ``events`` in batches through the real sink; after every third batch the two batches before it
     are stored again, as a worker that crashed before committing its offsets would. Returns rows replayed."""
     replayed = 0
     batches = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
-    with ClickHouseSink(settings) as sink:
+    with migrated.sink() as sink:
         for number, batch in enumerate(batches, 1):
             sink.store(SinkBatch(events=batch))
             if number % 3 == 0:
@@ -157,9 +152,9 @@ def assert_views_equal(actual: dict, expected: dict) -> None:
 # ============================================================================ tests
 @pytest.mark.integration
 def test_loyalty_views_equal_the_oracle_before_and_after_merges(migrated, history):
-    client, database, settings = migrated
+    client, database = migrated.client, migrated.database
     _, events, described = history
-    replayed = store_with_crash_replays(settings, events)
+    replayed = store_with_crash_replays(migrated, events)
     assert replayed > 1000
 
     stored = {t: client.execute(f"SELECT count(), uniqExact(event_id) FROM `{database}`.{t}")[0] for t in RAW_TABLES}
@@ -207,8 +202,8 @@ LOYALTY_VIEWS = sorted(name for name in EXPECTED_OBJECTS if name.startswith("loy
 @pytest.mark.integration
 def test_loyalty_views_are_empty_without_activity(migrated):
     """No activity (only a company-side survey invitation): no range, no periods, no rows and no error."""
-    client, database, settings = migrated
-    with ClickHouseSink(settings) as sink:
+    client, database = migrated.client, migrated.database
+    with migrated.sink() as sink:
         sink.store(SinkBatch(events=[_event("a", "2024-01-02T10:00:00", "feedback", kind="survey_invited")]))
     for view in LOYALTY_VIEWS:
         assert client.execute(f"SELECT count() FROM `{database}`.{view}") == [(0,)], view
@@ -232,7 +227,7 @@ def _event(consumer: str, when: str, event_type: str = "usage", **record) -> Raw
 @pytest.mark.integration
 def test_loyalty_definitions_on_a_hand_made_history(migrated):
     """Figures worked out by hand (not by the oracle) for three consumers over five weeks of 2024."""
-    client, database, settings = migrated
+    client, database = migrated.client, migrated.database
     events = [
         # a: weeks 1, 2 and 4; first purchase on Tue 2024-01-02 (order o1 with two lines), repeats 30 days later
         _event("a", "2024-01-02T10:00:00", "purchase", order_id="o1", amount=Decimal("10.00")),
@@ -247,7 +242,7 @@ def test_loyalty_definitions_on_a_hand_made_history(migrated):
         _event("c", "2024-01-29T09:00:00", "purchase", order_id="o9", amount=Decimal("0.99")),
         _event("c", "2024-02-05T09:00:00"),  # the last activity: the horizon
     ]
-    with ClickHouseSink(settings) as sink:
+    with migrated.sink() as sink:
         sink.store(SinkBatch(events=events))
         sink.store(SinkBatch(events=events[:2]))  # replayed purchase lines must not add revenue
 
@@ -314,78 +309,14 @@ def test_loyalty_definitions_on_a_hand_made_history(migrated):
 @pytest.mark.integration
 def test_documented_loyalty_queries_run(migrated, history):
     """Every SQL example of docs/loyalty.md runs on the real server and returns rows for the generated months."""
-    client, database, settings = migrated
-    store_with_crash_replays(settings, history[1])
+    client, database = migrated.client, migrated.database
+    store_with_crash_replays(migrated, history[1])
     queries = loyalty_queries()
     assert len(queries) >= 6
     for query in queries:
         assert client.execute(query.replace("copulse.", f"`{database}`.")), f"docs/loyalty.md example returned nothing:\n{query}"
 
 
-def test_loyalty_views_on_current_clickhouse_release(history):
-    """The same views, oracle and documented queries on a current ClickHouse (embedded by the chdb package)."""
-    chdb_session = pytest.importorskip("chdb.session", reason="chdb (embedded current ClickHouse) is not installed")
-    _, events, described = history
-    with tempfile.TemporaryDirectory() as path:
-        session = chdb_session.Session(path)
-        try:
-            version = tuple(int(p) for p in session.query("SELECT version()", "CSV").data().strip().strip('"').split("."))
-            session.query("CREATE DATABASE IF NOT EXISTS modern")
-            for migration in load_migrations():
-                for statement in split_statements(render(migration.template, "modern", version)):
-                    session.query(statement)
-            by_table: dict[str, list[str]] = {}
-            for raw in events + events[: len(events) // 3]:  # a third replayed
-                row = event_row(raw, 0)
-                by_table.setdefault(EVENT_TABLES[raw.event.type], []).append("(" + ", ".join(sql_literal(v) for v in row) + ")")
-            for table, values in by_table.items():
-                session.query(f"INSERT INTO modern.{table} ({', '.join(EVENT_COLUMNS[table])}) VALUES {', '.join(values)}")
-            assert_views_equal(actual_views(ChdbClient(session), "modern"), expected_views(LoyaltyOracle(described)))
-            for query in loyalty_queries():
-                assert json.loads(session.query(query.replace("copulse.", "modern."), "JSONCompact").data())["data"]
-        finally:
-            session.close()
-
-
-class ChdbClient:
-    """The one clickhouse_driver.Client method the view readers use, on a chdb session, with the driver's
-    Python types (Date, Decimal, None) so the same comparisons apply."""
-
-    def __init__(self, session):
-        self.session = session
-
-    def execute(self, query: str) -> list[tuple]:
-        result = json.loads(self.session.query(query, "JSONCompact").data())
-        types = [column["type"] for column in result["meta"]]
-        return [tuple(_python(value, kind) for value, kind in zip(row, types)) for row in result["data"]]
-
-
-def _python(value, kind: str):
-    if value is None:
-        return None
-    kind = kind.removeprefix("Nullable(").removesuffix(")") if kind.startswith("Nullable(") else kind
-    if kind.startswith("Array("):
-        return [_python(v, kind[6:-1]) for v in value]
-    if kind == "Date":
-        return dt.date.fromisoformat(value)
-    if kind.startswith("Decimal"):
-        return Decimal(str(value))
-    if kind.startswith(("UInt", "Int")):
-        return int(value)
-    if kind.startswith("Float"):
-        return float(value)
-    return value
-
-
 def loyalty_queries() -> list[str]:
     """The SQL examples of docs/loyalty.md."""
     return [query for where, query in documented_queries() if where == "docs/loyalty.md"]
-
-
-def sql_literal(value) -> str:
-    """A Python value as a ClickHouse SQL literal (for chdb, which takes no parameters here)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return str(value)
