@@ -41,6 +41,7 @@ class Dataset:
 def preload(prefix: str, events: int, *, consumers: int, event_time_rate: float, partitions: int = 6,
             seed: int = 1) -> Dataset:
     from copulse.generator import GeneratorOptions, generate_events, produce
+    from streams.events import ACTIVITY_TYPES
 
     env = {"COPULSE_KAFKA_BOOTSTRAP_SERVERS": KAFKA, "COPULSE_PARTITIONS": str(partitions), **topic_env(prefix)}
     settings = settings_from_env(env)
@@ -55,7 +56,9 @@ def preload(prefix: str, events: int, *, consumers: int, event_time_rate: float,
              f"of event time, {span_s / 60:.1f} min of event time ending at {time.strftime('%H:%M', time.gmtime(hour_ms / 1000))} UTC) "
              f"into {prefix}.{{purchases,usage,feedback}} ({partitions} partitions)")
     # the generator may step just past the end of its duration: keep every event before H
-    messages = itertools.takewhile(lambda m: m.event["occurred_ms"] < hour_ms, generate_events(settings, options))
+    # consumer activity only (the peer and the figures of earlier rounds know nothing of enterprise responses)
+    messages = itertools.takewhile(lambda m: m.event["occurred_ms"] < hour_ms,
+                                   (m for m in generate_events(settings, options) if m.type in ACTIVITY_TYPES))
     stats = produce(settings, messages, kafka=True, progress=False)
     if stats.failed:
         raise RuntimeError(f"pre-load: {stats.failed} sends failed")
@@ -78,6 +81,8 @@ def marker_records(at_ms: int, p: int, channel: str, currency: str = "EUR") -> d
         "usage": {**common, "event_id": f"m-u-{p}-{channel}-{at_ms}", "session_id": f"m-{p}-{channel}", "action": "session_start",
                   "co_creation": False},
         "feedback": {**common, "event_id": f"m-f-{p}-{channel}-{at_ms}", "kind": "idea", "text": "end marker"},
+        "response": {**common, "event_id": f"m-r-{p}-{channel}-{at_ms}", "kind": "response",
+                     "in_reply_to": f"m-f-{p}-{channel}-{at_ms}", "team": "bench", "status": None, "text": None},
     }
 
 
