@@ -358,3 +358,24 @@ def test_distinct_counts_follow_memberships_across_cells_and_restores():
         for m in msgs:  # the whole stream again: what was persisted is replayed
             restored.process(to_event(m), m["offset"], NOW)
         assert hour_two(restored.flush(NOW + 10)[0]) == expected, cut
+
+
+def test_changelog_keeps_live_consumers_only():
+    """Once its windows have closed, a consumer without a purchase has nothing left to remember: its changelog
+    record is deleted, so a restore reads the live consumers, not every consumer ever seen. A purchaser keeps its
+    record (its first purchase decides returning purchasers later; what it says of closed windows is pruned on
+    restore)."""
+    s = make_settings(granularities=["1m"], slices=["overall"], idle_timeout_seconds=5)
+    e = PartitionEngine(0, s)
+    e.process(to_event(ev(0, "a", T0 + 1_000, "usage")), 0, NOW)
+    e.process(to_event(ev(1, "b", T0 + 2_000, "purchase")), 0, NOW)
+    log: dict[str, bytes] = {}
+    for now in (NOW, NOW + 1000, NOW + 1001):  # fold; close the minute (idle); prune it
+        for key, value in e.flush(now)[1]:
+            if value is None:
+                log.pop(key, None)
+            else:
+                log[key] = value
+    consumers = {k.split(changelog.SEP)[-1]: v for k, v in log.items() if k.startswith(changelog.CONSUMER)}
+    assert set(consumers) == {"b"}
+    assert changelog.decode(log.items()).consumers["b"].state.first_purchase_ms == T0 + 2_000
