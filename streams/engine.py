@@ -30,7 +30,7 @@ from enum import StrEnum
 from copulse.settings import DIMENSIONS, Settings, slice_dimensions
 from streams import changelog, membership
 from streams.changelog import AggregateKey, ConsumerState, LegacyMembership, Record, WindowKey
-from streams.events import ENTERPRISE_TYPES, EVENT_TYPES, Event
+from streams.events import ACTIVITY_TYPES, ENTERPRISE_TYPES, EVENT_TYPES, Event
 from streams.kpis import (COUNTER_INDEX, COUNTERS, DISTINCT_COUNTER, ORDERS_COUNTER, PURCHASER, KpiRow,
                           contributions, dimension_values)
 from streams.watermarks import LATE, NEG_INF, WINDOW_CLOSED, Watermarks
@@ -99,7 +99,8 @@ class PartitionEngine:
         self._slice_index = {name: i for i, (name, _) in enumerate(self.slices)}
         self.emit_interval = settings.emit_interval_seconds
         self.wm = Watermarks(self.granularities, settings.allowed_lateness_seconds * 1000,
-                             settings.idle_timeout_seconds, tuple(SOURCE_KEY.values()))
+                             settings.idle_timeout_seconds, tuple(SOURCE_KEY.values()),
+                             windowed=tuple(SOURCE_KEY[t] for t in ACTIVITY_TYPES))
         self.aggregates: dict[AggregateKey, Aggregate] = {}
         self.windows: dict[WindowKey, set[AggregateKey]] = {}  # (g, window start) -> aggregate keys
         self.consumers: dict[str, ConsumerState] = {}

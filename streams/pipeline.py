@@ -63,7 +63,8 @@ class Pipeline:
         self.lock = asyncio.Lock()
         self._reset_batch()
         self.handled = 0  # messages handled since the last flush
-        self.last_flush = time.time()
+        self.last_flush = time.time()  # when the last flush ended
+        self.last_flush_start = self.last_flush  # and when it started (its provisional rows' cadence)
         self.last_committed_ms = 0
 
     def _reset_batch(self) -> None:
@@ -154,8 +155,13 @@ class Pipeline:
         metrics.PENDING.set(self.handled)
 
     def flush_due(self) -> bool:
+        """A full batch, ``sink_flush_seconds`` since the last flush ended, or the provisional rows due: one
+        emit interval since the last flush *started* (so rows leave every emit interval, not every emit
+        interval plus the time a flush takes)."""
+        now = time.time()
         return (self.handled >= self.settings.sink_batch_rows
-                or time.time() - self.last_flush >= min(self.settings.sink_flush_seconds, self.settings.emit_interval_seconds))
+                or now - self.last_flush >= self.settings.sink_flush_seconds
+                or now - self.last_flush_start >= self.settings.emit_interval_seconds)
 
     async def _decode(self, topic: str, key: bytes | None, value: bytes, now: float,
                       error: RetryableError | None = None):
@@ -191,7 +197,7 @@ class Pipeline:
         the dead letters' acknowledgements, persist the engines' changelog records (clock records last) and
         wait for theirs, then commit the source offsets the clocks cover. A crash anywhere in between is
         safe: the restored clocks say what is done, and everything after them is handled again."""
-        now = time.time()
+        now = self.last_flush_start = time.time()
         raw, rejects, deliveries, max_event_ms = self.raw, self.rejects, self.deliveries, self.max_event_ms
         self._reset_batch()
         rows: list[KpiRow] = []

@@ -222,7 +222,8 @@ def ev(i, cid, ts, typ="feedback", **fields):
                 product_id="p1", category="c1")
     defaults = {"feedback": dict(kind="rating", score=5, text=None, in_reply_to=None),
                 "purchase": dict(order_id=f"o{i}", quantity=1, amount_minor=1000, currency="EUR"),
-                "usage": dict(session_id="s", action="session_start", feature=None, duration_ms=None, co_creation=False)}
+                "usage": dict(session_id="s", action="session_start", feature=None, duration_ms=None, co_creation=False),
+                "response": dict(kind="response", in_reply_to="e0", team="support", status=None, text=None)}
     return {"type": typ, "partition": 0, "offset": i, "event": {**base, **defaults[typ], **fields}}
 
 
@@ -379,3 +380,17 @@ def test_changelog_keeps_live_consumers_only():
     consumers = {k.split(changelog.SEP)[-1]: v for k, v in log.items() if k.startswith(changelog.CONSUMER)}
     assert set(consumers) == {"b"}
     assert changelog.decode(log.items()).consumers["b"].state.first_purchase_ms == T0 + 2_000
+
+
+def test_enterprise_events_never_hold_a_window_open():
+    """Responses fold into no window, so their source (often sparse: an answer every few minutes) must not hold
+    the combined watermark back: the minute closes as soon as the consumer activity's watermark passes it."""
+    s = make_settings(granularities=["1m"], slices=["overall"], allowed_lateness_seconds=10, idle_timeout_seconds=600)
+    e = PartitionEngine(0, s)
+    for typ in ("purchase", "usage", "feedback"):
+        e.process(to_event(ev(0, "a", T0 + 1_000, typ)), 0, NOW)
+    assert e.process(to_event(ev(0, "a", T0 + 2_000, "response")), 0, NOW) == Outcome.STORED
+    for typ in ("purchase", "usage", "feedback"):
+        e.process(to_event(ev(1, "a", T0 + 75_000, typ)), 1, NOW + 1)
+    finals = [r for r in e.flush(NOW + 2)[0] if r.is_final]
+    assert [(r.window_start, r.events) for r in finals] == [(T0 // 1000, 3)]
