@@ -81,11 +81,9 @@ def _legacy_claimed(legacy: list[LegacyMembership], slice_name: str, values: tup
 def _slice_values_getter(dims: tuple[str, ...]):
     """A function: ``dimension_values(event)`` -> the slice's values tuple."""
     pos = tuple(DIMENSIONS.index(d) for d in dims)
-    if not pos:
-        return lambda values: ()
-    if len(pos) == 1:
-        i = pos[0]
-        return lambda values: (values[i],)
+    if len(pos) <= 1:  # a slice of the tuple is a tuple: no Python-level call for the common one-dimension slices
+        i = pos[0] if pos else 0
+        return operator.itemgetter(slice(i, i + len(pos)))
     return operator.itemgetter(*pos)
 
 
@@ -170,8 +168,10 @@ class PartitionEngine:
             new_bits = membership.claim(entry, cell, bits)
             new_order = order_id is not None and membership.claim_order(entry, order_id, cell)
             legacy = self.legacy[cid].get(wkey) if self.legacy and cid in self.legacy else None
-            # with no other cell in the window (the usual case) every new claim counts in every slice
-            alone = len(entry) == (4 if new_order else 2) and not legacy
+            # A new claim counts in a slice unless another cell with the same bit projects onto the same values:
+            # when no other cell holds any of the new bits (the usual case) it counts in every slice.
+            alone = not legacy and not (new_bits and membership.bits_elsewhere(entry, cell) & new_bits) \
+                and not (new_order and membership.orders_elsewhere(entry, order_id, cell))
             for slice_index, name, project in self._projections:
                 values = project(cell)
                 if None in values:

@@ -46,6 +46,25 @@ def claim_order(entry: list, order_id: str, cell: Cell) -> bool:
     return True
 
 
+def bits_elsewhere(entry: list, cell: Cell) -> int:
+    """The membership bits claimed in cells other than ``cell``."""
+    bits = 0
+    for i in range(0, len(entry), 2):
+        if entry[i + 1] and entry[i] != cell:
+            bits |= entry[i + 1]
+    return bits
+
+
+def orders_elsewhere(entry: list, order_id: str, cell: Cell) -> bool:
+    """Whether the order was claimed in a cell other than ``cell``."""
+    for i in range(0, len(entry), 2):
+        if not entry[i + 1]:
+            key = entry[i]
+            if key[0] == order_id and key[1] != cell:
+                return True
+    return False
+
+
 def claimed_elsewhere(entry: list, bit: int, project: Projection, values: tuple, cell: Cell) -> bool:
     """Whether a cell other than ``cell`` holds ``bit`` and projects onto ``values``."""
     for i in range(0, len(entry), 2):

@@ -116,9 +116,10 @@ class Pipeline:
         consumed = self._consumed.get(topic)
         if consumed is None:  # labelled children are cached: .labels() costs more than .inc()
             consumed = self._consumed[topic] = metrics.CONSUMED.labels(topic, event_type)
+        consumed.inc(len(records))
+        outcomes: dict[Outcome, int] = {}  # counted per batch, like consumed: a metric update costs more than a fold
         for msg in records:
             offset = msg.offset
-            consumed.inc()
             if msg.timestamp:
                 metrics.PROCESSING_LATENCY.observe(max(0.0, now - msg.timestamp / 1000))
             if engine.is_replay(event_type, offset):
@@ -136,10 +137,7 @@ class Pipeline:
                 metrics.DEAD_LETTERED.labels(topic, event.reason).inc()
                 continue
             outcome = engine.process(event, offset, now)
-            processed = self._processed.get((event_type, outcome))
-            if processed is None:
-                processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
-            processed.inc()
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if outcome == Outcome.FOLDED or outcome == Outcome.STORED:
                 self.raw.append(RawEvent(event, partition, offset))
                 if event.occurred_ms > self.max_event_ms:
@@ -151,6 +149,11 @@ class Pipeline:
                                     f"watermark of partition {partition}; its window is closed")
                 await self._reject("late", reason, topic, partition, offset, msg.key, msg.value, now)
                 metrics.LATE.labels(event_type, reason.reason).inc()
+        for outcome, n in outcomes.items():
+            processed = self._processed.get((event_type, outcome))
+            if processed is None:
+                processed = self._processed[(event_type, outcome)] = metrics.PROCESSED.labels(event_type, outcome)
+            processed.inc(n)
         self.handled += len(records)
         metrics.PENDING.set(self.handled)
 
