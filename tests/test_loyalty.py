@@ -42,16 +42,18 @@ ROLLING = ("dau", "mau", "stickiness", "window_complete")
 
 
 # ============================================================================ data: generator -> sink
-def generated_history():
+def generated_history(count: int = MESSAGES, seed: int = 14, start: dt.datetime = START, span_days: int = SPAN_DAYS,
+                      types: tuple[str, ...] | None = None, **options):
     """(settings, decoded raw events in offset order, generator event dicts of the stored events).
 
     Valid and late events reach the raw tables (late ones keep their own event time); the generator's
-    duplicates are stored too (the same event_id at another offset), as is every invalid message's absence."""
+    duplicates are stored too (the same event_id at another offset), as is every invalid message's absence.
+    ``types``: keep only events of these types; ``options``: more GeneratorOptions fields."""
     settings = unit_settings()
     messages = generate_events(
-        settings, count=MESSAGES, seed=14, consumers=300, start_ms=int(START.timestamp() * 1000),
-        event_time_rate=MESSAGES / (SPAN_DAYS * 86400), duplicate_fraction=0.03, late_fraction=0.01,
-        invalid_fraction=0.01,
+        settings, count=count, seed=seed, consumers=300, start_ms=int(start.timestamp() * 1000),
+        event_time_rate=count / (span_days * 86400), duplicate_fraction=0.03, late_fraction=0.01,
+        invalid_fraction=0.01, **options,
     )  # fmt: skip
     decoder = Decoder(settings)
     wall_ms = int(dt.datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -67,6 +69,8 @@ def generated_history():
             assert msg.expected not in (VALID, DUPLICATE, LATE), msg.reason
             continue
         assert msg.expected in (VALID, DUPLICATE, LATE)
+        if types is not None and msg.type not in types:
+            continue
         stored.append(RawEvent(event, partition, offset))
         described.append(dict(msg.event, type=msg.type))
     return settings, stored, described

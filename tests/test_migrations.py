@@ -62,6 +62,18 @@ EXPECTED_OBJECTS = {
     "loyalty_repeat_purchase",
     "loyalty_stickiness",
     "loyalty_stickiness_rolling",
+    "feedback_loop_events",
+    "feedback_loop_responses",
+    "feedback_loop_period_days",
+    "feedback_loop_horizon",
+    "feedback_loop_feedback",
+    "feedback_loop",
+    "feedback_loop_backlog",
+    "feedback_loop_unmatched_responses",
+    "idea_funnel_ideas",
+    "idea_funnel",
+    "idea_status_changes",
+    "ideas_shipped",
 }
 
 

@@ -29,6 +29,7 @@ from streams.events import Event
 from streams.kpis import COUNTERS, revenue_decimal
 from tests.conftest import unique_name
 from tests.current_clickhouse import migrated_database
+from tests.feedback_loop_cases import hand_made_history
 
 UTC = dt.timezone.utc
 W1 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -398,7 +399,8 @@ def documented_queries() -> list[tuple[str, str]]:
 
 
 def sample_events() -> list[RawEvent]:
-    """Purchases, usage and feedback of 4 consumers over two months (source position unknown: 0, 0)."""
+    """Purchases, usage and feedback of 4 consumers over two months (source position unknown: 0, 0), and the
+    hand-made feedback and enterprise history of the feedback-loop tests (March 2024)."""
     events = []
     for i in range(24):
         consumer = f"c{i % 4}"
@@ -417,7 +419,7 @@ def sample_events() -> list[RawEvent]:
         else:
             record.update(kind="rating", score=4, text="nice", in_reply_to=None)
             events.append(Event(type="feedback", event_id=f"e{i}", record=record, **common))
-    return [RawEvent(e, 0, 0) for e in events]
+    return [RawEvent(e, 0, 0) for e in events] + hand_made_history()
 
 
 #: columns holding the wall clock of a write (not the data's): they differ between any two loads
