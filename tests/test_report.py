@@ -104,13 +104,16 @@ def cli(report_db, clickhouse_settings, monkeypatch):
     get_settings.cache_clear()
 
 
-def expected_indexes(settings: Settings) -> list[float | None]:
+def expected_indexes(settings: Settings, since: str = "2024-05-01 08:00:00", until: str = "2024-05-01 14:00:00") -> list[float | None]:
+    """The index of every final overall hour window starting in [since, until) (UTC), scored independently."""
     from clickhouse_driver import Client
 
     ch = settings.clickhouse
     client = Client(**ch)
     rows = client.execute(f"SELECT {', '.join(SELECT_COLUMNS)} FROM kpi_final WHERE granularity_seconds = 3600 "
-                          "AND slice = 'overall' ORDER BY window_start")
+                          "AND slice = 'overall' AND window_start >= toDateTime(%(since)s, 'UTC') "
+                          "AND window_start < toDateTime(%(until)s, 'UTC') ORDER BY window_start",
+                          {"since": since, "until": until})
     client.disconnect()
     card = load_scorecard()
     return [score_row(card, dict(zip(SELECT_COLUMNS, r))).index for r in rows]
