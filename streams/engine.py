@@ -94,7 +94,6 @@ class PartitionEngine:
         self.coarsest = self.granularities[-1]
         self.slices = [(name, slice_dimensions(name)) for name in settings.slices]
         self._projections = [(i, name, _slice_values_getter(dims)) for i, (name, dims) in enumerate(self.slices)]
-        self._slice_index = {name: i for i, (name, _) in enumerate(self.slices)}
         self.emit_interval = settings.emit_interval_seconds
         self.wm = Watermarks(self.granularities, settings.allowed_lateness_seconds * 1000,
                              settings.idle_timeout_seconds, tuple(SOURCE_KEY.values()),
@@ -154,7 +153,7 @@ class PartitionEngine:
         if bits & PURCHASER:
             self._purchase_seen(cid, consumer, ts)
         first_purchase = consumer.first_purchase_ms
-        cell = self._intern(dimension_values(event))
+        cell = self.intern(dimension_values(event))
         for g in self.granularities:
             ws = ts - ts % g
             wkey = (g, ws)
@@ -210,7 +209,8 @@ class PartitionEngine:
         wm.observe(source, offset, ts, now)
         return Outcome.FOLDED
 
-    def _intern(self, cell: tuple) -> tuple:
+    def intern(self, cell: tuple) -> tuple:
+        """Equal cells share one tuple (also passed to ``changelog.decode``)."""
         shared = self._cells.get(cell)
         if shared is None:
             if len(self._cells) >= CELL_CACHE_MAX:
@@ -432,10 +432,6 @@ class PartitionEngine:
                     counters[RETURNING] += 1
             for _, values in orders:
                 self._aggregate((g, ws, name, values)).counters[ORDERS] += 1
-
-    def intern(self, cell: tuple) -> tuple:
-        """Equal cells share one tuple (pass to ``changelog.decode``)."""
-        return self._intern(cell)
 
     def seed_first_purchase(self, consumer_id: str, occurred_ms: int) -> None:
         """A purchase of this consumer seen before this engine's input starts (``copulse reconcile`` reads a

@@ -16,7 +16,7 @@ a replay after a crash idempotent.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 Cell = tuple  # the event's value of every dimension, in DIMENSIONS order (None: no value)
 Projection = Callable[[Cell], tuple]  # cell -> slice values
@@ -100,12 +100,6 @@ def projected(entry: list, project: Projection) -> tuple[dict[tuple, int], set[t
         else:
             orders.add((key[0], values))
     return bits, orders
-
-
-def cells(entry: list) -> Iterator[Cell]:
-    for i in range(0, len(entry), 2):
-        if entry[i + 1]:
-            yield entry[i]
 
 
 def to_items(entry: list) -> list[list]:
