@@ -14,8 +14,7 @@ Expected outcomes of a message (``expected`` in the JSONL):
   recent enough not to be late, so the engine must drop it as a duplicate;
 * ``late`` -- a valid event whose time is older than allowed lateness permits: it is keyed and typed like
   an earlier valid message (same topic-partition) and lies more than ``allowed_lateness + finest window``
-  before it, so its window is closed however the partitions interleave (enterprise events are folded into no
-  window yet: the worker stores late ones raw like on-time ones and sends them to no late topic);
+  before it, so its window is closed however the partitions interleave (enterprise events too);
 * ``invalid`` -- exactly one defect, ``reason`` is the dead-letter reason code decode_event must give.
 """
 

@@ -12,8 +12,8 @@
    its ``rejected`` table and treated as the worker did: events late because an idle watermark had already
    closed their window (``late`` / ``window_closed``) and events too far ahead of its clock (``dlq`` /
    ``future_event_time``) are left out. First purchases before the read start (returning purchasers) come
-   from the raw ``purchases`` table. Enterprise events (``copulse.responses``) are folded into no KPI, as in
-   the worker: they are only compared with their raw table.
+   from the raw ``purchases`` table. Enterprise events (``copulse.responses``) are folded like any other, into
+   the enterprise counters of their own window.
 3. **Compare** every final partial (granularity, window, slice values, source partition) of the windows fully
    inside [from, to) with the newest version of that key in ``kpi_windows``, and every valid event with event
    time in [from, to) with the raw tables (by ``event_id``).
@@ -545,7 +545,7 @@ def _run(args, settings) -> int:
           f"since {iso(read_from_ms)} (--from minus the margin of {margin // 60} min) up to the end offsets at start")
     print(f"recomputed: {o[Outcome.FOLDED]} folded, {o[Outcome.DUPLICATE]} duplicates, {o[Outcome.LATE]} late, {o['dead letter']} dead "
           "letters skipped" + (f", {o[Outcome.WINDOW_CLOSED]} window_closed" if o[Outcome.WINDOW_CLOSED] else "")
-          + (f", {o[Outcome.STORED]} enterprise events (stored raw, not folded)" if o[Outcome.STORED] else ""))
+          )
     print(f"left out as the worker did (its decisions depended on its wall clock, see table rejected): "
           f"{o['worker ' + WINDOW_CLOSED_REASON]} late with reason window_closed (an idle watermark had closed "
           f"their window), {o['worker ' + FUTURE_EVENT_TIME]} dead-lettered as future_event_time")

@@ -51,7 +51,17 @@ _ANY_PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")
 _ALREADY_EXISTS_CODES = {
     57,  # TABLE_ALREADY_EXISTS
     82,  # DATABASE_ALREADY_EXISTS
+    15,  # DUPLICATE_COLUMN: an ADD COLUMN that a concurrent or interrupted run already applied
 }
+#: Errors of a concurrent run of a migration that drops and recreates views: the migration is run again.
+_CONCURRENT_DDL_CODES = {
+    60,  # UNKNOWN_TABLE: a view this CREATE selects from was just dropped by the other run
+    218,  # TABLE_IS_DROPPED: the other run is dropping the same view
+}
+_CONCURRENT_DDL_ATTEMPTS = 20
+#: 18.16 reports a duplicate ADD COLUMN as ILLEGAL_COLUMN, a code with other meanings too: only with this message
+_ILLEGAL_COLUMN = 44
+_COLUMN_EXISTS = "column with this name already exists"
 
 MIGRATIONS_TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS `{db}`.schema_migrations
@@ -167,7 +177,7 @@ def _execute_ddl(client: Client, statement: str) -> None:
     try:
         client.execute(statement)
     except ch_errors.ServerException as exc:
-        if exc.code in _ALREADY_EXISTS_CODES:
+        if exc.code in _ALREADY_EXISTS_CODES or (exc.code == _ILLEGAL_COLUMN and _COLUMN_EXISTS in exc.message):
             log.debug("already created by a concurrent migration run: %s", exc.message.splitlines()[0])
             return
         raise
@@ -187,6 +197,24 @@ def connect_admin(settings) -> Client:
 
 def server_version(client: Client) -> tuple[int, ...]:
     return parse_server_version(client.execute("SELECT version()")[0][0])
+
+
+def _apply(client: Client, statements: list[str]) -> None:
+    """Run a migration's statements. A migration that recreates views (DROP, then CREATE) can meet a concurrent
+    run of itself between the two: its CREATE finds a view it selects from dropped (UNKNOWN_TABLE), or its DROP
+    one being dropped (TABLE_IS_DROPPED). Every statement is idempotent, so the whole migration runs again; each
+    run creates what it dropped, so the last one to finish leaves every object in place."""
+    for attempt in range(1, _CONCURRENT_DDL_ATTEMPTS + 1):
+        try:
+            for statement in statements:
+                _execute_ddl(client, statement)
+            return
+        except ch_errors.ServerException as exc:
+            if exc.code not in _CONCURRENT_DDL_CODES or attempt == _CONCURRENT_DDL_ATTEMPTS:
+                raise
+            log.debug("a concurrent migration run interfered (%s); running the migration again",
+                      exc.message.splitlines()[0])
+            time.sleep(0.05 * attempt)
 
 
 def migrate(settings, *, migrations: list[Migration] | None = None, client: Client | None = None) -> list[str]:
@@ -221,8 +249,7 @@ def migrate(settings, *, migrations: list[Migration] | None = None, client: Clie
                     )
                 continue
             started = time.monotonic()
-            for statement in split_statements(render(migration.template, database, version)):
-                _execute_ddl(client, statement)
+            _apply(client, split_statements(render(migration.template, database, version)))
             client.execute(
                 f"INSERT INTO `{database}`.schema_migrations "
                 "(version, name, checksum, variant, server_version, applied_by, applied_at) VALUES",

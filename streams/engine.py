@@ -30,7 +30,7 @@ from enum import StrEnum
 from copulse.settings import DIMENSIONS, Settings, slice_dimensions
 from streams import changelog, membership
 from streams.changelog import AggregateKey, ConsumerState, LegacyMembership, Record, WindowKey
-from streams.events import ACTIVITY_TYPES, ENTERPRISE_TYPES, EVENT_TYPES, Event
+from streams.events import EVENT_TYPES, Event
 from streams.kpis import (COUNTER_INDEX, COUNTERS, DISTINCT_COUNTER, ORDERS_COUNTER, PURCHASER, KpiRow,
                           contributions, dimension_values)
 from streams.watermarks import LATE, NEG_INF, WINDOW_CLOSED, Watermarks
@@ -40,6 +40,7 @@ OFFSET_MASK = (1 << OFFSET_BITS) - 1
 SOURCE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}  # stable across restarts
 SOURCE_KEY = {t: str(i) for t, i in SOURCE_INDEX.items()}  # the source's key in clocks and ``applied``
 RETURNING = COUNTER_INDEX["returning_purchasers"]
+EVENTS, ENTERPRISE_EVENTS = COUNTER_INDEX["events"], COUNTER_INDEX["enterprise_events"]
 ORDERS = COUNTER_INDEX[ORDERS_COUNTER]
 BIT_COUNTERS = tuple((bit, COUNTER_INDEX[name]) for bit, name in DISTINCT_COUNTER.items())  # (bit, counter index)
 #: counters derived from memberships: never read back from a persisted aggregate
@@ -55,7 +56,6 @@ class Outcome(StrEnum):
     WINDOW_CLOSED = WINDOW_CLOSED  # its window was already closed (after idleness)
     DUPLICATE = "duplicate"  # an event id already folded, from another offset
     REPLAYED = "replayed"  # an offset already reflected in persisted state
-    STORED = "stored"  # an enterprise event (streams.events.ENTERPRISE_TYPES): kept raw, folded into no window
 
 
 @dataclass(slots=True)
@@ -96,8 +96,7 @@ class PartitionEngine:
         self._projections = [(i, name, _slice_values_getter(dims)) for i, (name, dims) in enumerate(self.slices)]
         self.emit_interval = settings.emit_interval_seconds
         self.wm = Watermarks(self.granularities, settings.allowed_lateness_seconds * 1000,
-                             settings.idle_timeout_seconds, tuple(SOURCE_KEY.values()),
-                             windowed=tuple(SOURCE_KEY[t] for t in ACTIVITY_TYPES))
+                             settings.idle_timeout_seconds, tuple(SOURCE_KEY.values()))
         self.aggregates: dict[AggregateKey, Aggregate] = {}
         self.windows: dict[WindowKey, set[AggregateKey]] = {}  # (g, window start) -> aggregate keys
         self.consumers: dict[str, ConsumerState] = {}
@@ -132,9 +131,6 @@ class PartitionEngine:
         clock = wm.clock(source)
         if offset <= clock.offset:
             return Outcome.REPLAYED
-        if event.type in ENTERPRISE_TYPES:  # not consumer activity; its event time still moves its source's clock
-            wm.observe(source, offset, ts, now)
-            return Outcome.STORED
         too_late = wm.lateness(clock, ts)
         if too_late is not None:
             wm.progress(source, offset, now)
@@ -164,7 +160,9 @@ class PartitionEngine:
             entry = window_members.get(cid)
             if entry is None:
                 entry = window_members[cid] = []
-            new_bits = membership.claim(entry, cell, bits)
+            # an enterprise event claims nothing (bits 0): its entry may stay empty, which still lets the
+            # window's close prune the consumer's event ids
+            new_bits = membership.claim(entry, cell, bits) if bits else 0
             new_order = order_id is not None and membership.claim_order(entry, order_id, cell)
             legacy = self.legacy[cid].get(wkey) if self.legacy and cid in self.legacy else None
             # A new claim counts in a slice unless another cell with the same bit projects onto the same values:
@@ -325,7 +323,8 @@ class PartitionEngine:
     def _row(self, key: AggregateKey, agg: Aggregate, *, final: bool, emitted_at: int) -> KpiRow:
         g, ws, name, values = key
         counters = agg.counters
-        version = 2 * counters[0] + int(final)
+        # grows with every event folded into the aggregate (consumer activity or enterprise), +1 for the final
+        version = 2 * (counters[EVENTS] + counters[ENTERPRISE_EVENTS]) + int(final)
         agg.emitted = version
         dims = dict(zip(slice_dimensions(name), values))
         return KpiRow(
@@ -377,7 +376,8 @@ class PartitionEngine:
             if closed(key[:2]):  # closed and final before the crash; its tombstone was not persisted yet
                 self.tombstones.append(changelog.aggregate_key(self.partition, key))
                 continue
-            counters = list(agg.counters)
+            # records written before counters were appended (streams/kpis.py) hold fewer: the new ones start at 0
+            counters = list(agg.counters) + [0] * (len(COUNTERS) - len(agg.counters))
             for i in DERIVED:
                 counters[i] = 0
             self.aggregates[key] = Aggregate(counters, agg.applied, agg.emitted, key=key)

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 #: every input event type, one input topic each. Append only: the engine's source keys are positions here.
 EVENT_TYPES = ("purchase", "usage", "feedback", "response")
-#: what consumers do: the events folded into the KPI windows
+#: what consumers do: the consumer-activity KPIs (active consumers, orders, ...)
 ACTIVITY_TYPES = ("purchase", "usage", "feedback")
-#: what the enterprise does about it (responses, idea status changes, closed cases): stored raw, never
-#: folded into the consumer-activity KPIs
+#: what the enterprise does about it (responses, idea status changes, closed cases): folded into the enterprise
+#: counters of their own window (streams/kpis.py), never into the consumer-activity KPIs
 ENTERPRISE_TYPES = tuple(t for t in EVENT_TYPES if t not in ACTIVITY_TYPES)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from copulse.metric_labels import SliceLabels, register_replacing
-from streams.kpis import COUNTERS, KEY_COLUMNS, ROW_COLUMNS, KpiRow
+from streams.kpis import COUNTERS, IDEA_STATUS_COUNTED, KEY_COLUMNS, ROW_COLUMNS, KpiRow
 
 __all__ = ["METRIC_NAMES", "KpiExporter", "metric_name"]
 
@@ -63,6 +63,12 @@ _HELP = {
     "session_ms": "Total duration of timed sessions in seconds (avg = session_seconds / sessions_timed)",
     "feature_uses": "Feature uses",
     "feature_users": "Distinct consumers using a feature",
+    "answerable_feedback": "Feedback of the kinds the company answers",
+    "follow_up_feedback": "Feedback calling for a follow-up case (bug reports, detractors)",
+    "enterprise_events": "Enterprise events (responses, idea status changes, closed cases)",
+    "answers_sent": "Answers to feedback (responses and closed cases)",
+    "cases_closed": "Follow-up cases closed",
+    **{f"ideas_{status}": f"Idea status changes to {status}" for status in IDEA_STATUS_COUNTED},
 }
 _HELP_SUFFIX = " in the latest final KPI window, summed over this worker's source partitions"
 

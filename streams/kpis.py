@@ -16,6 +16,24 @@ from typing import Any, NamedTuple
 from copulse.settings import DIMENSIONS
 from streams.events import Event
 
+#: Feedback the company is expected to answer (not its own survey invitations, not votes). The same rule is spelt
+#: in SQL by the view feedback_loop_events (schemas/clickhouse/0008_feedback_loop.sql); tests/test_views.py
+#: checks they agree.
+ANSWERABLE_KINDS = frozenset({"survey_response", "rating", "nps", "review", "bug_report", "idea"})
+#: The idea statuses of response.v1.avsc, each with its own counter ``ideas_<status>`` (``ideas_under_review``
+#: is an idea taken into review, ``ideas_shipped`` one shipped, ...).
+IDEA_STATUS_COUNTED = ("under_review", "planned", "in_progress", "shipped", "declined")
+
+
+def is_detractor(kind: str, score: int | None) -> bool:
+    """An unhappy consumer: an nps or survey_response scored 0-6, a rating or review scored 1-2."""
+    if score is None:
+        return False
+    if kind in ("nps", "survey_response"):
+        return score <= 6
+    return kind in ("rating", "review") and score <= 2
+
+
 #: Additive counters of one window aggregate, in ClickHouse column order (all UInt64 except revenue).
 COUNTERS: tuple[str, ...] = (
     "events",  # valid, non-duplicate, on-time events folded in
@@ -40,6 +58,13 @@ COUNTERS: tuple[str, ...] = (
     "session_ms",  # sum of duration_ms of those -> avg_session_seconds = session_ms / 1000 / sessions_timed
     "feature_uses",
     "feature_users",  # distinct consumers with a feature_use
+    # --- appended in state format 2 / migration 0009: the enterprise side and what it answers ---
+    "answerable_feedback",  # feedback of ANSWERABLE_KINDS (what the company is expected to answer)
+    "follow_up_feedback",  # of it what calls for a follow-up case: bug reports and detractors (is_detractor)
+    "enterprise_events",  # enterprise events (streams.events.ENTERPRISE_TYPES) folded in, by their own event time
+    "answers_sent",  # kind response or case_closed: an answer to a consumer's feedback
+    "cases_closed",  # of them case_closed: a detractor's or bug report's follow-up closed
+    *(f"ideas_{status}" for status in IDEA_STATUS_COUNTED),  # idea status changes to that status
 )
 
 #: Key columns of a KPI row, in order (ClickHouse ORDER BY of the replacing table).
@@ -119,8 +144,19 @@ class Contribution(NamedTuple):
     order_id: str | None  # the order it claims (purchases)
 
 
+_ENTERPRISE = _I["enterprise_events"]
+_ANSWER = (_ENTERPRISE, 1), (_I["answers_sent"], 1)
+_CASE_CLOSED = (*_ANSWER, (_I["cases_closed"], 1))
+_STATUS = {status: ((_ENTERPRISE, 1), (_I[f"ideas_{status}"], 1)) for status in IDEA_STATUS_COUNTED}
+
+
 def contributions(event: Event) -> Contribution:
     rec = event.record
+    if event.type == "response":  # the enterprise acting: counted in its own window; no consumer activity
+        kind = rec["kind"]
+        deltas = (_STATUS[rec["status"]] if kind == "idea_status"
+                  else _CASE_CLOSED if kind == "case_closed" else _ANSWER)
+        return Contribution(list(deltas), 0, None)
     deltas = [(_I["events"], 1)]
     bits = ACTIVE
     order_id = None
@@ -142,6 +178,10 @@ def contributions(event: Event) -> Contribution:
             bits |= FEATURE_USER
     else:  # feedback
         kind, score = rec["kind"], rec.get("score")
+        if kind in ANSWERABLE_KINDS:
+            deltas.append((_I["answerable_feedback"], 1))
+            if kind == "bug_report" or is_detractor(kind, score):
+                deltas.append((_I["follow_up_feedback"], 1))
         if kind == "survey_invited":
             deltas.append((_I["surveys_invited"], 1))
         else:

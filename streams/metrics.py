@@ -1,8 +1,8 @@
 """Pipeline metrics of the worker (prometheus-client, default registry, base units, ``copulse_`` prefix).
 
 Counts add up: for every input topic, consumed = processed + dead_lettered (+ replayed after a restart), where
-processed counts valid messages by outcome (folded, duplicate, late, window_closed; stored for enterprise events,
-which are kept raw and folded into no window). Sink metrics live in sinks/clickhouse.py.
+processed counts valid messages by outcome (folded, duplicate, late, window_closed), enterprise events
+included. Sink metrics live in sinks/clickhouse.py.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ class Pipeline:
                 continue
             outcome = engine.process(event, offset, now)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            if outcome == Outcome.FOLDED or outcome == Outcome.STORED:
+            if outcome == Outcome.FOLDED:
                 self.raw.append(RawEvent(event, partition, offset))
                 if event.occurred_ms > self.max_event_ms:
                     self.max_event_ms = event.occurred_ms

@@ -7,8 +7,7 @@ offset applied. Its watermark is ``max_ts - allowed_lateness``.
   *own* source partition. That decision depends only on what came before it in the same Kafka partition,
   so it is identical on every replay.
 * A window of partition index p **closes** when the combined watermark passes its end. The combined
-  watermark is the minimum over the active source partitions whose events fold into windows (a source of
-  events that fold into none, such as enterprise responses, never holds a window open) (one that has delivered nothing yet counts
+  watermark is the minimum over the active source partitions (one that has delivered nothing yet counts
   as active with no watermark); a source partition with no event for ``idle_timeout`` seconds of wall
   clock *while the worker is consuming and has read it to its end* is idle and no longer holds it back
   (``hold``: a backlog in Kafka keeps it active; ``pause``: time not spent consuming does not count).
@@ -42,16 +41,13 @@ class SourceClock:
 
 class Watermarks:
     def __init__(self, window_sizes_ms: list[int], lateness_ms: int, idle_timeout_s: float,
-                 sources: tuple[str, ...] = (), windowed: tuple[str, ...] | None = None) -> None:
+                 sources: tuple[str, ...] = ()) -> None:
         self.window_sizes_ms = sorted(window_sizes_ms)
         self.lateness_ms = lateness_ms
         self.idle_timeout_s = idle_timeout_s
         # Every expected source starts active: one that has delivered nothing yet holds the watermark
         # back until it has been silent for the idle timeout (its data may simply not be fetched yet).
         self.sources: dict[str, SourceClock] = {s: SourceClock() for s in sources}
-        # Only sources whose events fold into windows take part in the combined watermark (default: all
-        # expected ones); the others' clocks track offsets and event time, but never hold a window open.
-        self.windowed: tuple[str, ...] = tuple(sources) if windowed is None else windowed
         self.combined_watermark = NEG_INF
 
     def clock(self, topic: str) -> SourceClock:
@@ -105,8 +101,7 @@ class Watermarks:
         """Recompute the combined watermark at wall-clock time ``now``; returns it."""
         active: list[int] = []
         idle: list[tuple[int, float]] = []
-        for source in self.windowed:
-            clock = self.clock(source)
+        for clock in self.sources.values():
             if clock.last_seen is None:  # new or restored from the changelog: the idle clock starts now
                 clock.last_seen = now
             wm = clock.watermark(self.lateness_ms)

@@ -10,16 +10,29 @@ Rules it applies (the documented window semantics):
   window is <= (highest event time seen before it in that source partition) - allowed lateness;
 * a non-late event whose event_id was already folded is a duplicate;
 * everything else is folded into every granularity and every slice it belongs to;
-* enterprise events (type ``response``: what the company did about feedback) are consumer activity of nobody:
-  they are folded into no KPI, whatever their timing.
+* enterprise events (type ``response``: what the company did about feedback) follow the same late and duplicate
+  rules in their own source partitions and count in the window of their own event time, in the enterprise
+  counters only: they are nobody's consumer activity (not in ``events``, never making a consumer active).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-#: the event types the KPIs count (written here again on purpose: the oracle shares no code with the worker)
+#: the event types (written here again on purpose: the oracle shares no code with the worker)
 CONSUMER_ACTIVITY = ("purchase", "usage", "feedback")
+ENTERPRISE = ("response",)
+#: feedback the company answers (docs/feedback-loop.md "Answerable feedback")
+ANSWERABLE = {"survey_response", "rating", "nps", "review", "bug_report", "idea"}
+IDEA_STATUSES = ("under_review", "planned", "in_progress", "shipped", "declined")
+
+
+def unhappy(ev: dict) -> bool:
+    """docs/feedback-loop.md: nps or survey_response scored 0-6, rating or review scored 1-2."""
+    score = ev.get("score")
+    if score is None:
+        return False
+    return score <= 6 if ev["kind"] in ("nps", "survey_response") else ev["kind"] in ("rating", "review") and score <= 2
 
 
 def slice_values(event: dict, dims: tuple[str, ...]):
@@ -38,10 +51,10 @@ def slice_values(event: dict, dims: tuple[str, ...]):
 
 
 def classify(messages: list[dict], lateness_ms: int, finest_ms: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """Split valid messages of consumer activity into (folded, late, duplicate) events (others are left out)."""
+    """Split valid messages into (folded, late, duplicate) events."""
     by_source = defaultdict(list)
     for msg in messages:
-        if msg["type"] in CONSUMER_ACTIVITY:
+        if msg["type"] in CONSUMER_ACTIVITY + ENTERPRISE:
             by_source[(msg["type"], msg["partition"])].append(msg)
     folded, late, dupes = [], [], []
     for msgs in by_source.values():
@@ -83,6 +96,8 @@ def expected_kpis(messages: list[dict], granularities_s: list[int], slices: list
     result = {}
     for key, evs in groups.items():
         ws = key[1]
+        company = [e for e in evs if e["type"] in ENTERPRISE]
+        evs = [e for e in evs if e["type"] in CONSUMER_ACTIVITY]
         fb = [e for e in evs if e["type"] == "feedback"]
         us = [e for e in evs if e["type"] == "usage"]
         pu = [e for e in evs if e["type"] == "purchase"]
@@ -114,5 +129,12 @@ def expected_kpis(messages: list[dict], granularities_s: list[int], slices: list
             "session_ms": sum(e["duration_ms"] for e in timed),
             "feature_uses": sum(e["action"] == "feature_use" for e in us),
             "feature_users": len({e["consumer_id"] for e in us if e["action"] == "feature_use"}),
+            "answerable_feedback": sum(e["kind"] in ANSWERABLE for e in fb),
+            "follow_up_feedback": sum(e["kind"] == "bug_report" or unhappy(e) for e in fb),
+            "enterprise_events": len(company),
+            "answers_sent": sum(e["kind"] in ("response", "case_closed") for e in company),
+            "cases_closed": sum(e["kind"] == "case_closed" for e in company),
+            **{f"ideas_{status}": sum(e["kind"] == "idea_status" and e["status"] == status for e in company)
+               for status in IDEA_STATUSES},
         }
     return result

@@ -45,7 +45,9 @@ FULL = dict(events=50, active_consumers=20, participating_consumers=7, co_creati
             ratings=8, rating_sum=33, ratings_satisfied=6, nps_responses=9, nps_promoters=5, nps_detractors=2,
             surveys_invited=12, survey_responses=9, orders=6, revenue_minor=123457, purchasers=5,
             returning_purchasers=2, sessions=14, sessions_timed=10, session_ms=754321, feature_uses=9,
-            feature_users=4)
+            feature_users=4, answerable_feedback=19, follow_up_feedback=5, enterprise_events=13, answers_sent=9,
+            cases_closed=3, ideas_under_review=2, ideas_planned=1, ideas_in_progress=0, ideas_shipped=1,
+            ideas_declined=0)
 
 
 def rows() -> list[tuple]:
@@ -91,6 +93,8 @@ def test_json_scorecard_of_the_latest_final_window(cli_env, capsys):
     assert kpis["csat_avg"]["value"] == 33 / 8 and kpis["csat_pct"]["value"] == 6 / 8
     assert kpis["nps"] == {"value": 100 * (5 - 2) / 9, "numerator": 3, "denominator": 9, "unit": "nps"}
     assert kpis["survey_response_rate"]["value"] == 9 / 12
+    assert kpis["answers_per_feedback"] == {"value": 9 / 19, "numerator": 9, "denominator": 19, "unit": "ratio"}
+    assert kpis["cases_closed_per_follow_up"]["value"] == 3 / 5 and kpis["ideas_shipped_per_100_ideas"]["value"] == 50
     assert kpis["revenue"]["value"] == "1234.57"  # Decimals as strings, exact
     assert kpis["aov"] == {"value": "205.76", "numerator": "1234.57", "denominator": 6, "unit": "money"}
     assert kpis["returning_purchaser_rate"]["value"] == 2 / 5

@@ -377,3 +377,38 @@ def test_migrate_cli_reports_unreachable_server(capsys, monkeypatch):
     finally:
         get_settings.cache_clear()
     assert "unreachable at 127.0.0.1:1" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_upgrade_to_the_enterprise_counters_keeps_stored_windows(target):
+    """A database at 0008 with KPI rows of the 22 counters of that time: 0009 appends the enterprise counters (0 in
+    the stored rows), recreates the views over them, and the sink's full rows go in next to the old ones."""
+    from sinks.clickhouse import ClickHouseSink
+    from streams.batch import SinkBatch
+    from streams.kpis import kpi_row
+
+    migrations = load_migrations()
+    at_0008 = [m for m in migrations if m.version <= 8]
+    assert migrate(target.settings, migrations=at_0008, client=target.given_client)[-1] == "0008_feedback_loop.sql"
+    db = target.database
+    old_counters = COUNTERS[:COUNTERS.index("feature_users") + 1]
+    old_columns = KEY_COLUMNS + old_counters + ("window_end", "version", "is_final", "emitted_at")
+    target.client.execute(
+        f"INSERT INTO `{db}`.kpi_windows ({', '.join(old_columns)}) VALUES",
+        [(3600, 1_714_561_200, "overall", "", "", "", "", "", "", 0, *range(1, len(old_counters) + 1),
+          1_714_564_800, 45, 1, 1_714_564_801)],
+        types_check=True)
+    assert target.migrate() == ["0009_enterprise_counters.sql"]
+    new = kpi_row(granularity_seconds=3600, window_start=1_714_561_200, window_end=1_714_564_800, slice="overall",
+                  partition=1, version=7, is_final=1, events=3, answerable_feedback=4, answers_sent=2,
+                  follow_up_feedback=1, cases_closed=1, ideas_submitted=2, ideas_shipped=1)
+    with ClickHouseSink(target.settings, client=target.given_client) as sink:
+        sink.store(SinkBatch(kpi_rows=[new]))
+    columns = ("events", "ideas_submitted", *COUNTERS[len(old_counters):], "answers_per_feedback",
+               "cases_closed_per_follow_up", "ideas_shipped_per_100_ideas", "partials")
+    got = dict(zip(columns, target.client.execute(f"SELECT {', '.join(columns)} FROM `{db}`.kpi_final")[0]))
+    assert got == {"events": 1 + 3, "ideas_submitted": COUNTERS.index("ideas_submitted") + 1 + 2,
+                   "answerable_feedback": 4, "follow_up_feedback": 1, "enterprise_events": 0, "answers_sent": 2,
+                   "cases_closed": 1, "ideas_under_review": 0, "ideas_planned": 0, "ideas_in_progress": 0,
+                   "ideas_shipped": 1, "ideas_declined": 0, "answers_per_feedback": 0.5,
+                   "cases_closed_per_follow_up": 1.0, "ideas_shipped_per_100_ideas": 100 / 7, "partials": 2}

@@ -1,5 +1,5 @@
-"""Enterprise events in the pipeline, without Kafka: stored raw, folded into no KPI, and their flow never holds
-the windows of the consumer events open (their event time moves their source's clock)."""
+"""Enterprise events in the pipeline, without Kafka: stored raw and folded into the enterprise counters of their own
+window, never into consumer activity; their source's clock moves with their event time like any other."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def run(settings, feed) -> Recorder:
     return recorder
 
 
-def test_responses_are_stored_raw_fold_into_no_kpi_and_do_not_hold_the_watermark():
+def test_responses_are_stored_raw_and_counted_in_their_own_window_only():
     settings = unit_settings(granularities=["1m"], allowed_lateness_seconds=0, idle_timeout_seconds=1)
     start = (int(time.time() * 1000) // MINUTE_MS - 60) * MINUTE_MS  # an hour ago, on a minute boundary
     uses = [Msg(i, b"c-0001", encode("usage", usage(event_id=f"u{i}", occurred_at=start + i * 20_000)), None)
@@ -73,6 +73,8 @@ def test_responses_are_stored_raw_fold_into_no_kpi_and_do_not_hold_the_watermark
     rows = [row for batch in recorder.batches for row in batch.kpi_rows if row.slice == "overall"]
     assert sorted(e.event_id for e in events if e.type == "response") == [f"r{i}" for i in range(9)]
     finals = [row for row in rows if row.is_final]
-    # the first two minutes closed (the response source's clock moved with its event times, it did not hold them)
-    assert [(row.window_start, row.events) for row in finals] == [(start // 1000, 3), ((start + MINUTE_MS) // 1000, 3)]
-    assert rows and all(row.events == 3 for row in rows)  # usage only, never a response
+    # the first two minutes closed (the response source's clock moved with its event times, 5 ms ahead of usage)
+    assert [(row.window_start, row.events, row.enterprise_events, row.answers_sent) for row in finals] == [
+        (start // 1000, 3, 3, 3), ((start + MINUTE_MS) // 1000, 3, 3, 3)]
+    assert rows and all(row.events == 3 and row.active_consumers == 1 for row in rows)  # usage only: answers make
+    # nobody active

@@ -2,11 +2,12 @@
 responses, valid, invalid, duplicate, late) produced to Kafka. Checked exactly against what was sent:
 
 * every valid unique response (on time or late) is in the raw ``responses`` table once (FINAL / by event_id, as
-  docs/clickhouse.md says), with every field as sent; none goes to the late topic;
+  docs/clickhouse.md says), with every field as sent; the late ones, and only they, are on the late topic;
 * every invalid message is in the DLQ with its reason and its original key and bytes;
 * per input topic, consumed = processed + dead-lettered (the worker's own counters), and the responses topic's
-  valid messages are all ``stored``;
-* the KPI rows equal the oracle of the consumer events alone: responses change no KPI.
+  valid messages are folded, duplicate or late exactly as sent;
+* the KPI rows equal the oracle: the enterprise counters count the responses of their own window, the consumer
+  KPIs the consumer events alone.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def worker_counters(env: dict) -> Counter:
     return counts
 
 
-def test_responses_land_once_in_clickhouse_bad_ones_in_the_dlq_and_kpis_are_unchanged(isolated_worker, tmp_path):
+def test_responses_land_once_in_clickhouse_bad_ones_in_the_dlq_and_kpis_equal_the_oracle(isolated_worker, tmp_path):
     iso = isolated_worker()
     settings, client, database = iso.settings, iso.client, iso.database
     options = GeneratorOptions(count=4000, seed=14, start_ms=int(START.timestamp() * 1000), consumers=300,
@@ -69,7 +70,7 @@ def test_responses_land_once_in_clickhouse_bad_ones_in_the_dlq_and_kpis_are_unch
     iso.workers.append(worker)
     worker.start()
 
-    # the KPIs are those of the consumer events alone (the oracle folds no response)
+    # the KPIs: the oracle folds responses into the enterprise counters only
     want = expected(settings, oracle_input(lines))
     assert wait_for_finals(client, database, want, worker, timeout=240) == want, worker.log_tail()
 
@@ -85,7 +86,7 @@ def test_responses_land_once_in_clickhouse_bad_ones_in_the_dlq_and_kpis_are_unch
     raw = client.execute(f"SELECT count(), uniqExact(event_id) FROM `{database}`.responses")[0]
     assert raw[1] == len(unique) and raw[0] >= len(unique)  # duplicates may be stored twice until a merge
 
-    # every invalid message in the DLQ with its reason and original bytes; no response on the late topic
+    # every invalid message in the DLQ with its reason and original bytes; exactly the late responses on the late topic
     invalid = {(m["topic"], m["partition"], m["offset"]): m for m in lines if m["expected"] == "invalid"}
     dlq = read_topic(settings.kafka_bootstrap_servers, settings.topic_dlq, len(invalid), timeout=60)
     assert len(dlq) == len(invalid)
@@ -95,8 +96,10 @@ def test_responses_land_once_in_clickhouse_bad_ones_in_the_dlq_and_kpis_are_unch
         assert h[HEADER_REASON] == m["reason"]
         assert rec.value == base64.b64decode(m["value_b64"])
         assert rec.key == (m["key"].encode() if m["key"] is not None else None)
-    late_topics = client.execute(f"SELECT DISTINCT topic FROM `{database}`.rejected WHERE kind = 'late'")
-    assert (settings.topic_responses,) not in late_topics
+    late_responses = client.execute(f"SELECT partition, offset, reason FROM `{database}`.rejected "
+                                    "WHERE kind = 'late' AND topic = %(topic)s", {"topic": settings.topic_responses})
+    assert sorted(late_responses) == sorted((m["partition"], m["offset"], "late_event") for m in responses
+                                            if m["expected"] == "late")
 
     # counts add up per input topic: consumed = processed + dead-lettered; valid responses are all stored
     counts = worker_counters(iso.env)
@@ -107,6 +110,8 @@ def test_responses_land_once_in_clickhouse_bad_ones_in_the_dlq_and_kpis_are_unch
         assert counts[("consumed", topic)] == by_topic[topic] == processed + counts[("dead_lettered", topic)]
         assert counts[("dead_lettered", topic)] == dead_by_topic[topic]
     on_responses_topic = [m for m in lines if m["topic"] == settings.topic_responses and m["expected"] != "invalid"]
-    assert counts[("processed", "response", "stored")] == len(on_responses_topic)
+    assert {outcome: counts[("processed", "response", outcome)] for outcome in ("folded", "duplicate", "late")} == {
+        outcome: sum(m["expected"] == label for m in on_responses_topic)
+        for outcome, label in (("folded", "valid"), ("duplicate", "duplicate"), ("late", "late"))}
     print(f"responses sent {dict(labels)}; stored once {len(stored)} (raw rows before merges {raw[0]}); "
           f"DLQ {len(dlq)} of which responses topic {dead_by_topic[settings.topic_responses]}; KPI keys {len(want)}")
