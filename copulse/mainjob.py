@@ -1,13 +1,15 @@
 """``make run``: the whole pipeline on this machine, with the live scorecard in the terminal until Ctrl-C.
 
-    python -m copulse.mainjob [--rate 30] [--consumers 1000] [--granularity 1m] [--no-generator]
+    python -m copulse.mainjob [--rate 30] [--consumers 1000] [--granularity 1m] [--enterprise-time-scale 1/3600]
+                              [--no-generator]
 
 1. provisions what is missing (``deploy/stack.sh provision``: Kafka jars, ClickHouse and Prometheus packages,
    ``pip install -e '.[dev]'``);
 2. starts the local stack services that are not running (``deploy/stack.sh up``) and remembers which ones it
    started;
 3. migrates ClickHouse and creates the topics;
-4. starts ``copulse worker`` and ``copulse generate --rate N`` (event time = now) in the background, logging to
+4. starts ``copulse worker`` and ``copulse generate --rate N`` (event time = now; the enterprise answering at
+   3600 x speed) in the background, logging to
    ``.local/logs/worker.log`` and ``.local/logs/generator.log``;
 5. runs ``copulse live`` in the foreground (1-minute windows by default, so the first scored window shows
    within about two minutes);
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="generator messages per second (default 30, env COPULSE_RUN_RATE)")
     parser.add_argument("--consumers", type=int, default=1000, help="simulated consumers (default 1000)")
     parser.add_argument("--granularity", default="1m", help="window size of the live view (default 1m)")
+    parser.add_argument("--enterprise-time-scale", default="1/3600", metavar="F",
+                        help="the generator's enterprise delays x F (default 1/3600: a day of waiting for an answer "
+                             "takes 24 s, an idea ships within about 20 minutes, so the feedback loop shows in a demo)")
     parser.add_argument("--no-generator", action="store_true", help="do not start `copulse generate`")
     parser.add_argument("--no-provision", action="store_true", help="skip `deploy/stack.sh provision`")
     args = parser.parse_args(argv)
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         worker = start_background("worker", copulse("worker", "--loglevel", "warning"), log_dir)
         if not args.no_generator:
             generator = start_background(
-                "generator", copulse("generate", "--rate", f"{args.rate:g}", "--consumers", str(args.consumers)),
+                "generator", copulse("generate", "--rate", f"{args.rate:g}", "--consumers", str(args.consumers),
+                        "--enterprise-time-scale", args.enterprise_time_scale),
                 log_dir)
         say("live scorecard follows; Ctrl-C stops the worker and the generator"
             + (" and the stack services make run started" if started_stack else ""))

@@ -41,7 +41,8 @@ def errors_of(text: str) -> str:
 def test_the_shipped_default_is_valid_and_covers_every_perspective():
     card = load_scorecard()
     assert card.source == str(default_scorecard_path())
-    assert card.perspective_names == ("financial", "satisfaction", "participation", "loyalty", "usage")
+    assert card.perspective_names == ("financial", "satisfaction", "participation", "loyalty", "usage",
+                                    "feedback")
     kpis = {p.name: [k.name for k in p.kpis] for p in card.targets(3600)}
     assert kpis == {
         "financial": ["revenue_per_active_consumer", "aov", "orders_per_active_consumer"],
@@ -49,6 +50,7 @@ def test_the_shipped_default_is_valid_and_covers_every_perspective():
         "participation": ["participation_rate", "co_creation_per_active_consumer"],
         "loyalty": ["returning_purchaser_rate"],
         "usage": ["feature_adoption", "avg_session_seconds"],
+        "feedback": ["answers_per_feedback", "cases_closed_per_follow_up", "ideas_shipped_per_100_ideas"],
     }
     assert sum(p.weight for p in card.targets(3600)) == pytest.approx(1.0)
     assert card.min_perspectives == 3
@@ -56,7 +58,7 @@ def test_the_shipped_default_is_valid_and_covers_every_perspective():
     by_name = {k.name: k for p in card.targets(60) for k in p.kpis}
     assert by_name["participation_rate"].target == 0.25 and by_name["participation_rate"].min_sample == 20
     assert by_name["csat_avg"].target == 4.4 and by_name["csat_avg"].min_sample == 10
-    assert card.version_id.startswith("1-") and len(card.version_id) == 14
+    assert card.version_id.startswith("2-") and len(card.version_id) == 14
 
 
 def test_settings_choose_the_file(tmp_path, monkeypatch):

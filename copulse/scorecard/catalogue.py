@@ -148,6 +148,16 @@ _KPIS = (
         in_view=True),
     Kpi("feature_adoption", "Feature adoption", "rate", "feature_users", "active_consumers", in_view=True,
         denominator_without="feature"),
+    # the enterprise side, as flows in the window (schemas/clickhouse/0009_enterprise_counters.sql); the cohort
+    # figures (which feedback got answered, how fast) are the feedback-loop views, docs/feedback-loop.md
+    Kpi("answers_sent", "Answers sent", "count", "answers_sent", in_view=True),
+    Kpi("answers_per_feedback", "Answers per answerable feedback", "ratio", "answers_sent", "answerable_feedback",
+        in_view=True),
+    Kpi("cases_closed_per_follow_up", "Closed cases per follow-up needed", "ratio", "cases_closed", "follow_up_feedback",
+        in_view=True),
+    Kpi("ideas_shipped", "Ideas shipped", "count", "ideas_shipped", in_view=True),
+    Kpi("ideas_shipped_per_100_ideas", "Ideas shipped per 100 submitted", "ratio", "ideas_shipped", "ideas_submitted",
+        scale=100, in_view=True),
     Kpi("events", "Events", "count", "events", in_view=True, scorable=False),
 )
 

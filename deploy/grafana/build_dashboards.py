@@ -175,7 +175,7 @@ def prom_target(expr: str, legend: str = "", ref: str = "A", instant: bool = Fal
 
 #: Grafana unit and decimals of a catalogue unit
 UNITS: dict[str, tuple[str, int]] = {"count": ("short", 0), "rate": ("percentunit", 1), "score": ("none", 2),
-                                     "nps": ("none", 0), "money": (CURRENCY, 2), "seconds": ("s", 0)}
+                                     "nps": ("none", 0), "money": (CURRENCY, 2), "seconds": ("s", 0), "ratio": ("none", 2)}
 
 
 def panel_unit(kpi: Kpi) -> tuple[str, int]:
