@@ -490,3 +490,27 @@ def test_documented_queries_run_and_agree_on_both_releases(both_releases):
         if where == "docs/clickhouse.md" and "cohort_month" in query:  # an example whose exact answer is easy to recompute
             assert results[0][1] == sorted(expected_purchase_cohorts(), key=repr), query
         assert results[1] == results[0], f"{where} example differs between 18.16 and the current release:\n{query}"
+
+
+@pytest.mark.integration
+def test_the_views_and_the_worker_agree_on_answerable_feedback_and_detractors(migrated):
+    """The answerable kinds and the detractor rule are spelt twice: in SQL by feedback_loop_events (the cohort
+    figures) and in streams/kpis.py (the streamed answerable_feedback / follow_up_feedback counters). Every kind with
+    every score: both say the same."""
+    from streams.kpis import ANSWERABLE_KINDS, is_detractor
+
+    kinds = ("survey_invited", "survey_response", "rating", "nps", "review", "idea", "vote", "bug_report")
+    events, expected = [], {}
+    when = dt.datetime(2024, 6, 1, tzinfo=UTC)
+    for kind in kinds:
+        for score in (None, *range(0, 11)):
+            event_id = f"{kind}-{score}"
+            record = {"occurred_at": when, "schema_version": 1, "kind": kind, "score": score, "text": None,
+                      "in_reply_to": None}
+            events.append(RawEvent(Event(type="feedback", event_id=event_id, consumer_id="c", channel="web",
+                                         occurred_ms=int(when.timestamp() * 1000), region="eu", segment=None,
+                                         product_id="p", category="c", schema_id=1, record=record), 0, 0))
+            expected[event_id] = (int(kind in ANSWERABLE_KINDS), int(is_detractor(kind, score)))
+    migrated.store(SinkBatch(events=events))
+    got = migrated.client.execute(f"SELECT event_id, is_answerable, is_detractor FROM `{migrated.database}`.feedback_loop_events")
+    assert {event_id: (int(a), int(d)) for event_id, a, d in got} == expected
