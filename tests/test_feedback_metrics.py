@@ -1,0 +1,94 @@
+"""The feedback-loop gauges (copulse/feedback_metrics.py) against an independent oracle: weeks of generated feedback
+with the generator's enterprise answering it, stored through the real sink (with crash replays: the same events
+twice) into the real ClickHouse 18.16 and the current release (chDB; the ``migrated`` fixture of
+tests/test_views.py); every figure the collector reads equals what tests/feedback_loop_oracle.py's feedback items
+give, recomputed here plainly, and the scoring job exports exactly those figures on its registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from prometheus_client.core import CollectorRegistry
+
+from copulse.feedback_metrics import BASELINE_MS, OPEN_HORIZON_MS, RECENT_MS, read_feedback_loop
+from copulse.scorecard.job import VciJob
+from tests.feedback_loop_oracle import FeedbackLoopOracle, exact_quantile
+from tests.test_loyalty import generated_history, store_with_crash_replays
+from tests.test_views import migrated  # noqa: F401 (a fixture)
+
+UTC = dt.timezone.utc
+START = dt.datetime(2024, 5, 6, 7, 15, tzinfo=UTC)
+MESSAGES = 16000  # of every type; only feedback and responses are stored
+SPAN_DAYS = 14
+ENTERPRISE_SCALE = 0.5
+
+
+@pytest.fixture(scope="module")
+def history():
+    return generated_history(count=MESSAGES, seed=33, start=START, span_days=SPAN_DAYS, types=("feedback", "response"),
+                             enterprise_time_scale=ENTERPRISE_SCALE)  # fmt: skip
+
+
+def expected_figures(described: list[dict]) -> dict:
+    """The figures from the oracle's view of every answerable feedback, by the definitions of the module docstring."""
+    oracle = FeedbackLoopOracle(described)
+    as_of = oracle.as_of_ms
+    answers = oracle.answers_of()
+    items = oracle.feedback_items()
+    first_answer = {event_id: min(answers[event_id]) for event_id, item in items.items() if item["answered"]}
+    periods = {"recent": (as_of - RECENT_MS, as_of), "baseline": (as_of - RECENT_MS - BASELINE_MS, as_of - RECENT_MS)}
+    times = {}
+    for period, (after, until) in periods.items():
+        delays = [items[e]["delay_ms"] for e, at in first_answer.items() if after < at <= until]
+        times[period] = (len(delays), {q: exact_quantile(delays, q) / 1000 for q in (0.5, 0.9)} if delays else {})
+    classes = {"all": lambda i: True, "detractor": lambda i: i["detractor"], "bug_report": lambda i: i["bug_report"]}
+    backlog, recent, oldest = {}, {}, {}
+    for cls, member in classes.items():
+        open_ = [i for i in items.values() if not i["answered"] and member(i)]
+        backlog[cls] = len(open_)
+        recent[cls] = sum(1 for i in open_ if i["occurred_ms"] > as_of - OPEN_HORIZON_MS)
+        if open_:
+            oldest[cls] = max(i["age_ms"] for i in open_) / 1000
+    return {"as_of_ms": as_of, "times": times, "backlog": backlog, "recent": recent, "oldest": oldest}
+
+
+def actual_figures(figures) -> dict:
+    return {"as_of_ms": figures.as_of_ms,
+            "times": {p: (t.responses, t.seconds) for p, t in figures.response_times.items()},
+            "backlog": figures.backlog, "recent": figures.backlog_recent, "oldest": figures.oldest_age_seconds}
+
+
+@pytest.mark.integration
+def test_feedback_loop_figures_equal_the_oracle_and_are_exported(migrated, history):
+    client, database = migrated.client, migrated.database
+    assert read_feedback_loop(client, database) is None  # nothing stored yet: no figure at all
+
+    _, events, described = history
+    store_with_crash_replays(migrated, events)
+    expected = expected_figures(described)
+    assert actual_figures(read_feedback_loop(client, database)) == expected
+
+    # the generated weeks are not trivial: both periods have responses, every backlog class is open
+    (recent, recent_q), (baseline, baseline_q) = expected["times"]["recent"], expected["times"]["baseline"]
+    assert recent >= 20 and baseline >= 100 and recent_q[0.9] > recent_q[0.5] > 0
+    assert 0 < expected["recent"]["detractor"] < expected["backlog"]["detractor"]
+    assert expected["oldest"]["all"] > expected["oldest"]["bug_report"] > 0
+
+    # the scoring job exports them on its registry (the worker's metrics endpoint), as of the stored event time
+    registry = CollectorRegistry()
+    job = VciJob(migrated.settings, registry=registry, client=migrated.writer)
+    try:
+        job.run_once(since=0, until=1)
+    finally:
+        job.close()
+    value = registry.get_sample_value
+    assert value("copulse_feedback_as_of_timestamp_seconds") == expected["as_of_ms"] / 1000
+    for period, (count, quantiles) in expected["times"].items():
+        assert value("copulse_feedback_responses", {"period": period}) == count
+        for q, seconds in quantiles.items():
+            assert value("copulse_feedback_response_seconds", {"period": period, "quantile": f"{q:g}"}) == seconds
+    for cls in ("all", "detractor", "bug_report"):
+        assert value("copulse_feedback_backlog", {"class": cls}) == expected["backlog"][cls]
+        assert value("copulse_feedback_backlog_recent", {"class": cls}) == expected["recent"][cls]
+        assert value("copulse_feedback_backlog_oldest_age_seconds", {"class": cls}) == expected["oldest"][cls]
