@@ -5,12 +5,12 @@ by the scoring job (copulse/scorecard/job.py) on every run and exported on the w
 Every figure is as of the newest event time stored in ``feedback`` or ``responses`` (the view's ``as_of_ms``),
 never the wall clock, so a replay or a backfill gives the figures of its own history.
 
-* ``copulse_feedback_response_seconds{period, quantile}``: time to first response (exact quantiles 0.5 and 0.9,
-  as the view computes ``response_delay_ms``) of the first responses *sent* in the period: ``recent`` = the last
-  :data:`RECENT_MS` (24 h) before as of, ``baseline`` = the :data:`BASELINE_MS` (7 days) before that. The view's
-  per-period figures count feedback by the time it was *given* (its cohort), which leaves the newest cohort
-  with only its fast answers; by the time of the answer, a team that slows down shows at once. Absent while the
-  period holds no response.
+* ``copulse_feedback_response_seconds{period, percentile}``: time to first response (exact percentiles 50 and 90,
+  as the view computes ``response_delay_ms``; not labelled ``quantile``, the label of summaries) of the first
+  responses *sent* in the period: ``recent`` = the last :data:`RECENT_MS` (24 h) before as of, ``baseline`` = the
+  :data:`BASELINE_MS` (7 days) before that. The view's per-period figures count feedback by the time it was
+  *given* (its cohort), which leaves the newest cohort with only its fast answers; by the time of the answer, a
+  team that slows down shows at once. Absent while the period holds no response.
 * ``copulse_feedback_responses{period}``: those first responses (the volume behind the quantiles).
 * ``copulse_feedback_backlog{class}``: unanswered answerable feedback (``all``, ``detractor``, ``bug_report``),
   the whole stored history (= the view ``feedback_loop_backlog``).
@@ -135,7 +135,7 @@ class FeedbackLoopExporter:
     def _families(f: FeedbackLoopFigures | None):
         seconds = GaugeMetricFamily(
             "copulse_feedback_response_seconds", "Time to first response of the first responses sent in the period "
-            "(recent: last 24 h, baseline: the 7 days before), exact quantile", labels=["period", "quantile"])
+            "(recent: last 24 h, baseline: the 7 days before), exact percentile", labels=["period", "percentile"])
         responses = GaugeMetricFamily("copulse_feedback_responses", "First responses sent in the period (recent: "
                                       "last 24 h, baseline: the 7 days before)", labels=["period"])
         backlog = GaugeMetricFamily("copulse_feedback_backlog", "Unanswered answerable feedback (whole stored "
@@ -150,7 +150,7 @@ class FeedbackLoopExporter:
             for period, times in f.response_times.items():
                 responses.add_metric([period], times.responses)
                 for q, value in times.seconds.items():
-                    seconds.add_metric([period, f"{q:g}"], value)
+                    seconds.add_metric([period, f"{q * 100:g}"], value)
             for cls in CLASSES:
                 backlog.add_metric([cls], f.backlog[cls])
                 recent.add_metric([cls], f.backlog_recent[cls])

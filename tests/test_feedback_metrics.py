@@ -87,8 +87,31 @@ def test_feedback_loop_figures_equal_the_oracle_and_are_exported(migrated, histo
     for period, (count, quantiles) in expected["times"].items():
         assert value("copulse_feedback_responses", {"period": period}) == count
         for q, seconds in quantiles.items():
-            assert value("copulse_feedback_response_seconds", {"period": period, "quantile": f"{q:g}"}) == seconds
+            assert value("copulse_feedback_response_seconds", {"period": period, "percentile": f"{q * 100:g}"}) == seconds
     for cls in ("all", "detractor", "bug_report"):
         assert value("copulse_feedback_backlog", {"class": cls}) == expected["backlog"][cls]
         assert value("copulse_feedback_backlog_recent", {"class": cls}) == expected["recent"][cls]
         assert value("copulse_feedback_backlog_oldest_age_seconds", {"class": cls}) == expected["oldest"][cls]
+
+
+def test_exposition_passes_promtool_check_metrics_and_is_empty_before_any_feedback():
+    from prometheus_client import generate_latest
+
+    from copulse.feedback_metrics import FeedbackLoopExporter, FeedbackLoopFigures, ResponseTimes
+    from tests.test_metrics import promtool_check_metrics
+
+    registry = CollectorRegistry()
+    exporter = FeedbackLoopExporter(registry)
+    assert b"copulse_feedback_backlog{" not in generate_latest(registry)  # nothing stored yet: no sample
+    exporter.update(FeedbackLoopFigures(
+        as_of_ms=1_716_121_702_006,
+        response_times={"recent": ResponseTimes(3, {0.5: 60.5, 0.9: 7200.0}), "baseline": ResponseTimes(0, {})},
+        backlog={"all": 5, "detractor": 2, "bug_report": 0}, backlog_recent={"all": 3, "detractor": 1, "bug_report": 0},
+        oldest_age_seconds={"all": 86400.25, "detractor": 3600.0}))  # fmt: skip
+    text = generate_latest(registry).decode()
+    assert 'copulse_feedback_response_seconds{percentile="90",period="recent"} 7200.0' in text
+    assert 'percentile="90",period="baseline"' not in text and 'copulse_feedback_responses{period="baseline"} 0.0' in text
+    assert 'copulse_feedback_backlog_oldest_age_seconds{class="bug_report"}' not in text
+    assert "copulse_feedback_as_of_timestamp_seconds 1.716121702006e+09" in text
+    result = promtool_check_metrics(text)
+    assert result.returncode == 0, result.stdout + result.stderr
