@@ -481,7 +481,7 @@ def satisfaction() -> dict:
 def loyalty() -> dict:
     d = Dashboard("copulse-loyalty-revenue", "Loyalty & revenue",
                   "Orders, revenue, average order value and returning purchasers; lifecycle and retention cohorts.",
-                  periods=True)
+                  periods=True, refresh=HISTORY_REFRESH)
     d.text(FILTER_NOTE)
     d.series("Revenue", kpi_sql("revenue"), CURRENCY, 0, bars=True)
     d.series("Orders and purchasers", kpi_sql("orders, purchasers, returning_purchasers"), "short", 0)
@@ -503,17 +503,13 @@ def loyalty() -> dict:
             overrides=[{"matcher": {"id": "byRegexp", "options": "revenue_total|avg_order_value"},
                         "properties": [{"id": "unit", "value": CURRENCY}, {"id": "decimals", "value": 2}]}])
     d.row("Lifecycle and retention (raw events per Period; the dimension filters do not apply)")
-    d.text(LOYALTY_NOTE, h=2)
+    d.text(LOYALTY_NOTE)
     d.series("Consumer lifecycle", period_sql(
         "new_consumers AS new,\n  returning_consumers AS returning,\n  resurrecting_consumers AS resurrecting,\n"
         "  -toInt64(dormant_consumers) AS dormant", "loyalty_lifecycle"), "short", 0, bars=True, stack=True,
         description="Consumers per period (view loyalty_lifecycle): new (first active period), returning (active in "
                     "the previous period too), resurrecting (back after a gap); dormant (active in the previous "
                     "period, not in this one) drawn below zero.")
-    d.series("Active consumers and quick ratio", period_sql(
-        "active_consumers,\n  if(dormant_consumers = 0, NULL, (new_consumers + resurrecting_consumers) / "
-        "dormant_consumers) AS quick_ratio", "loyalty_lifecycle"), "short", 2,
-        description="Quick ratio = (new + resurrecting) / dormant: above 1 the active base grows.")
     retention = ",\n  ".join(
         f"if(observed >= {n}, maxIf(retention_rate, periods_after = {n}), NULL) AS after_{n}"
         for n in range(1, RETENTION_PERIODS + 1))
@@ -530,15 +526,20 @@ def loyalty() -> dict:
     return d.json()
 
 
+#: refresh of dashboards with panels of the loyalty and feedback-loop views: they read the whole stored history
+#: (seconds per query on a year of events: docs/loyalty.md, docs/feedback-loop.md "Cost and limits")
+HISTORY_REFRESH = "5m"
 #: periods after its start for which the retention table shows a cohort's retention
 RETENTION_PERIODS = 8
 LOYALTY_NOTE = ("From the raw events (docs/loyalty.md), per UTC **Period** (day, week, month) overlapping the time "
-                "range; the newest period is usually incomplete.")
+                "range; the newest period is usually incomplete. These views read the whole history: the dashboard refreshes every "
+                f"{HISTORY_REFRESH}.")
 FEEDBACK_NOTE = (
     "The enterprise side from the raw events (docs/feedback-loop.md), per UTC **Period**. Feedback-loop and funnel "
     "figures count in the period of the *feedback* or *idea* (its cohort), whenever the answer or status change came; "
     "the backlog and ages are as of the newest stored event time, never the wall clock. Alerts: "
-    "CopulseFeedbackResponseTimeRegression, CopulseFeedbackDetractorBacklogGrowing (docs/monitoring.md)."
+    "CopulseFeedbackResponseTimeRegression, CopulseFeedbackDetractorBacklogGrowing (docs/monitoring.md). The views "
+    f"read the whole history: the dashboard refreshes every {HISTORY_REFRESH}."
 )
 FUNNEL_STAGES = ("submitted", "reviewed", "planned", "in_progress", "shipped", "declined", "waiting")
 
@@ -546,7 +547,7 @@ FUNNEL_STAGES = ("submitted", "reviewed", "planned", "in_progress", "shipped", "
 def feedback_innovation() -> dict:
     d = Dashboard("copulse-feedback-innovation", "Feedback loop & innovation",
                   "Does the company answer its consumers, how fast, what is left unanswered, and what becomes of "
-                  "their ideas.", kpi_filters=False, time_from="now-90d", periods=True)
+                  "their ideas.", kpi_filters=False, time_from="now-90d", periods=True, refresh=HISTORY_REFRESH)
     d.text(FEEDBACK_NOTE)
     d.row("Unanswered feedback now (as of the newest stored event; every period)")
     backlog = "SELECT\n  {}\nFROM feedback_loop_backlog"
