@@ -13,6 +13,8 @@ from prometheus_client.core import CollectorRegistry
 
 from copulse.feedback_metrics import BASELINE_MS, OPEN_HORIZON_MS, RECENT_MS, read_feedback_loop
 from copulse.scorecard.job import VciJob
+from streams.batch import SinkBatch
+from tests.feedback_loop_cases import feedback_event, response_event
 from tests.feedback_loop_oracle import FeedbackLoopOracle, exact_quantile
 from tests.test_loyalty import generated_history, store_with_crash_replays
 from tests.test_views import migrated  # noqa: F401 (a fixture)
@@ -92,6 +94,60 @@ def test_feedback_loop_figures_equal_the_oracle_and_are_exported(migrated, histo
         assert value("copulse_feedback_backlog", {"class": cls}) == expected["backlog"][cls]
         assert value("copulse_feedback_backlog_recent", {"class": cls}) == expected["recent"][cls]
         assert value("copulse_feedback_backlog_oldest_age_seconds", {"class": cls}) == expected["oldest"][cls]
+
+
+def boundary_history() -> list:
+    """Events on the edges of the periods, as of 2024-03-14 12:00 (the survey invitation, the newest event)."""
+    return [
+        feedback_event("f1", "c1", "2024-03-10T00:00:00", "nps", 3),
+        response_event("r1", "c1", "2024-03-13T12:00:00", "response", "f1"),  # exactly 24 h before as of: baseline
+        response_event("r1b", "c1", "2024-03-14T00:00:00", "case_closed", "f1"),  # not the first answer
+        feedback_event("f2", "c2", "2024-03-10T00:00:00", "rating", 5),
+        response_event("r2", "c2", "2024-03-13T12:00:00.001", "response", "f2"),  # 1 ms later: recent
+        feedback_event("f5", "c5", "2024-03-05T00:00:00", "rating", 4),
+        response_event("r5", "c5", "2024-03-06T12:00:00", "response", "f5"),  # exactly 8 days before: in no period
+        feedback_event("f6", "c6", "2024-03-05T00:00:00", "review", 4),
+        response_event("r6", "c6", "2024-03-06T12:00:00.001", "response", "f6"),  # 1 ms later: baseline
+        feedback_event("f3", "c3", "2024-03-06T12:00:00", "bug_report"),  # unanswered, 8 days old
+        feedback_event("f7", "c7", "2024-03-07T12:00:00", "bug_report"),  # unanswered, exactly 7 days: not recent
+        feedback_event("f4", "c4", "2024-03-13T00:00:00", "nps", 2),  # unanswered detractor, 1.5 days old
+        feedback_event("v1", "c8", "2024-03-13T00:00:00", "vote", in_reply_to="f9"),  # not answerable
+        feedback_event("s1", "c9", "2024-03-14T12:00:00", "survey_invited"),  # the as-of time
+    ]
+
+
+@pytest.mark.integration
+def test_period_edges_by_hand_and_refresh_at_most_every_minute(migrated):
+    """Figures worked out by hand on the edges: the recent period is (as of - 24 h, as of], the baseline
+    (as of - 8 days, as of - 24 h], the recent backlog holds feedback younger than 7 days."""
+    from copulse.scorecard import job as job_module
+
+    events = boundary_history()
+    migrated.store(SinkBatch(events=events), SinkBatch(events=events[::3]))  # replayed: nothing counts twice
+    figures = read_feedback_loop(migrated.client, migrated.database)
+    assert figures.as_of_ms == int(dt.datetime(2024, 3, 14, 12, tzinfo=UTC).timestamp() * 1000)
+    assert actual_figures(figures)["times"] == {
+        "recent": (1, {0.5: 302400.001, 0.9: 302400.001}),  # f2: 3.5 days and 1 ms
+        # f6 129 600.001 s, f1 302 400 s: both quantiles are the element at position floor(q x 2) = 1
+        "baseline": (2, {0.5: 302400.0, 0.9: 302400.0}),
+    }
+    assert figures.backlog == {"all": 3, "detractor": 1, "bug_report": 2}
+    assert figures.backlog_recent == {"all": 1, "detractor": 1, "bug_report": 0}
+    assert figures.oldest_age_seconds == {"all": 691200.0, "detractor": 129600.0, "bug_report": 691200.0}
+
+    registry = CollectorRegistry()
+    job = VciJob(migrated.settings, registry=registry, client=migrated.writer)
+    try:
+        job.run_once(since=0, until=1)
+        assert registry.get_sample_value("copulse_feedback_backlog", {"class": "detractor"}) == 1
+        migrated.store(SinkBatch(events=[feedback_event("f8", "c8", "2024-03-14T11:00:00", "nps", 0)]))
+        job.run_once(since=0, until=1)  # within FEEDBACK_REFRESH_SECONDS: not read again
+        assert registry.get_sample_value("copulse_feedback_backlog", {"class": "detractor"}) == 1
+        job._feedback_read_at -= job_module.FEEDBACK_REFRESH_SECONDS
+        job.run_once(since=0, until=1)
+        assert registry.get_sample_value("copulse_feedback_backlog", {"class": "detractor"}) == 2
+    finally:
+        job.close()
 
 
 def test_exposition_passes_promtool_check_metrics_and_is_empty_before_any_feedback():
