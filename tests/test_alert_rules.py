@@ -43,7 +43,8 @@ def alerts_in(files) -> set[str]:
 
 def test_rule_files_exist():
     names = {p.name for p in RULE_FILES}
-    assert {"copulse_kpi_recording.yml", "copulse_kpi_alerts.yml", "copulse_pipeline_alerts.yml"} <= names
+    assert {"copulse_kpi_recording.yml", "copulse_kpi_alerts.yml", "copulse_pipeline_alerts.yml",
+            "copulse_feedback_alerts.yml"} <= names
 
 
 @pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
@@ -102,6 +103,7 @@ def test_changed_thresholds_render_and_stay_valid(tmp_path):
                 "alerts": {"csat": {"drop_ratio": 0.8, "min_volume": 5, "for": "2m"}},
             },
             "pipeline_alerts": {"dlq_ratio": 0.2},
+            "feedback_alerts": {"response_percentile": 50, "response_max_seconds": 86400, "backlog_class": "all"},
         }
     )
     files = renderer.render(params)
@@ -111,6 +113,9 @@ def test_changed_thresholds_render_and_stay_valid(tmp_path):
     assert 'copulse:kpi_csat_avg{granularity="60", slice="overall"}' in csat["expr"]
     assert "< 0.8 * (" in csat["expr"] and ">= 5" in csat["expr"] and csat["for"] == "2m"
     assert "> 0.2\n" in files["copulse_pipeline_alerts.yml"]
+    feedback = yaml.safe_load(files["copulse_feedback_alerts.yml"])["groups"][0]["rules"]
+    assert 'percentile="50"' in feedback[0]["expr"] and "> 86400\n" in feedback[0]["expr"]
+    assert 'copulse_feedback_backlog_recent{job="copulse", class="all"} offset 6h' in feedback[1]["expr"]
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     result = promtool("check", "rules", *[str(tmp_path / n) for n in files])

@@ -8,11 +8,15 @@
   (streams.engine.PartitionEngine) over generated events and stored by the real sink: every query returns rows,
   with all filters at All and with each filter set to a real value. The same runs on a current release (embedded
   chDB with the modern migration variant, tests/current_clickhouse.py), and both return the same rows.
+  Beside the KPI dataset, both databases hold weeks of generated raw events before it (every type, with the
+  generator's enterprise answering feedback and moving ideas): the loyalty and feedback-loop panels run for every
+  value of the ``period`` variable and return rows for each.
 * Every Prometheus expression of the dashboards and of the rules parses (promtool check rules).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import re
@@ -32,7 +36,11 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 CH_UID, PROM_UID = "copulse-clickhouse", "copulse-prometheus"
 ALL = "__all"
 
-FROM, TO = int(T0.timestamp()), int(T0.timestamp()) + HOURS * 3600 + 1800  # the test's dashboard time range
+#: weeks of raw events before the KPI dataset, for the lifecycle, retention, feedback-loop and funnel panels
+HISTORY_START, HISTORY_DAYS, HISTORY_MESSAGES = dt.datetime(2025, 10, 15, 6, 0, tzinfo=dt.timezone.utc), 77, 12_000
+PERIODS = ("day", "week", "month")
+# the test's dashboard time range: the history and the KPI dataset
+FROM, TO = int(HISTORY_START.timestamp()), int(T0.timestamp()) + HOURS * 3600 + 1800
 
 
 def load_builder():
@@ -101,7 +109,7 @@ def test_dashboards_are_generated_and_well_formed():
     boards = dashboards()
     titles = {b["title"] for b in boards.values()}
     assert titles == {"Co-creation scorecard", "Participation", "Satisfaction & feedback", "Loyalty & revenue",
-                      "Pipeline health"}
+                      "Feedback loop & innovation", "Pipeline health"}
     assert len({b["uid"] for b in boards.values()}) == len(boards)
     for board in boards.values():
         ids = [p["id"] for p in all_panels(board)]
@@ -117,10 +125,14 @@ def test_dashboards_are_generated_and_well_formed():
                     assert target["format"] in (0, 1)
                 else:
                     assert target["expr"].strip()
-        if board["title"] != "Pipeline health":
-            names = [v["name"] for v in board["templating"]["list"]]
-            assert names == ["granularity", "channel", "region", "category", "product"]
-            for var in board["templating"]["list"]:
+        names = [v["name"] for v in board["templating"]["list"]]
+        kpi_filters = ["granularity", "channel", "region", "category", "product"]
+        assert names == {"Pipeline health": [], "Feedback loop & innovation": ["period"],
+                         "Loyalty & revenue": kpi_filters + ["period"]}.get(board["title"], kpi_filters), board["title"]
+        for var in board["templating"]["list"]:
+            if var["name"] == "period":  # the periods of the loyalty and feedback-loop views, a fixed list
+                assert var["type"] == "custom" and var["query"].split(",") == list(PERIODS)
+            else:
                 assert var["datasource"]["uid"] == CH_UID and var["query"]
     # the KPI dashboards read the views, the scorecard shows targets as thresholds
     scorecard = boards["copulse-scorecard.json"]
@@ -173,12 +185,32 @@ LEGACY, CURRENT = "18.16", "current"
 
 
 @pytest.fixture(scope="module")
-def legacy_reader(clickhouse_settings, kpi_dataset):
+def history() -> list:
+    """Raw events of the weeks before the KPI dataset (decoded, duplicates and late ones included)."""
+    from tests.test_loyalty import generated_history
+
+    _, events, _ = generated_history(count=HISTORY_MESSAGES, seed=8, start=HISTORY_START, span_days=HISTORY_DAYS,
+                                     enterprise_time_scale=0.3)
+    assert max(e.event.occurred_ms for e in events) < T0.timestamp() * 1000
+    return events
+
+
+def store_history(settings, events: list, client=None) -> None:
+    from sinks.clickhouse import ClickHouseSink
+    from streams.batch import SinkBatch
+
+    with ClickHouseSink(settings, client=client) as sink:
+        sink.store(SinkBatch(events=events))
+
+
+@pytest.fixture(scope="module")
+def legacy_reader(clickhouse_settings, kpi_dataset, history):
     """A read-only (copulse_reader) client on a fresh database of ClickHouse 18.16 filled with the dataset."""
     from clickhouse_driver import Client
 
     ch = clickhouse_settings
     with stored_on_legacy(ch, kpi_dataset, "test_dash") as (settings, _):
+        store_history(settings, history)
         client = Client(host=ch["host"], port=ch["port"], user=settings.clickhouse_readonly_user,
                         password=settings.clickhouse_readonly_password.get_secret_value(),
                         database=settings.clickhouse["database"],
@@ -188,9 +220,10 @@ def legacy_reader(clickhouse_settings, kpi_dataset):
 
 
 @pytest.fixture(scope="module")
-def current_reader(kpi_dataset):
+def current_reader(kpi_dataset, history):
     """The same on the current release (embedded chDB, modern migration variant; no users there)."""
     with stored_on_current(kpi_dataset, "test_dash") as (settings, client):
+        store_history(settings, history, client)
         yield client.in_database(settings.clickhouse["database"])
 
 
@@ -215,6 +248,9 @@ def variable_values(client, board: dict) -> dict[str, list[str]]:
     """variable name -> values its query returns (first column, as Grafana uses it)."""
     out = {}
     for var in board["templating"]["list"]:
+        if var["type"] == "custom":
+            out[var["name"]] = var["query"].split(",")
+            continue
         rows = run(client, expand(var["query"], {}))
         out[var["name"]] = [str(r[0]) for r in rows]
     return out
@@ -237,15 +273,19 @@ def panel_queries(board: dict) -> list[tuple[str, str]]:
 
 
 def board_combinations(client, board: dict) -> list[dict[str, str]]:
-    return filter_combinations(variable_values(client, board)) if board["templating"]["list"] else [{}]
+    """The filter combinations of the KPI filters (if the board has them), each with every period (if it has that
+    variable)."""
+    values = variable_values(client, board)
+    combos = filter_combinations(values) if "granularity" in values else [{}]
+    return [dict(combo, period=p) for combo in combos for p in values["period"]] if "period" in values else combos
 
 
 @pytest.mark.integration
 def test_variable_queries_return_values(reader):
     for board in dashboards().values():
-        if not board["templating"]["list"]:
-            continue
         values = variable_values(reader, board)
+        if "granularity" not in values:
+            continue
         assert values["granularity"] == ["60", "3600"], values["granularity"]
         granularity = next(v for v in board["templating"]["list"] if v["name"] == "granularity")
         assert [r[1] for r in reader.execute(expand(granularity["query"], {}))] == ["1m", "1h"]
@@ -267,8 +307,9 @@ def test_every_clickhouse_query_returns_rows(reader, name):
             except Exception as exc:  # noqa: BLE001 - show which panel
                 pytest.fail(f"{board['title']} / {title} with {combo} failed: {exc}\n{sql}")
             # KPI panels follow the filters (slice of exactly the chosen dimensions): rows for every combination;
-            # breakdowns and raw-event panels: rows at least with every filter at All
-            must_have_rows = "picked" in raw or all(v in (ALL, "3600") for v in combo.values())
+            # breakdowns and raw-event panels: rows at least with every filter at All; per-period panels: rows
+            # for every period
+            must_have_rows = "picked" in raw or all(v in (ALL, "3600") for k, v in combo.items() if k != "period")
             if must_have_rows:
                 assert rows, f"{board['title']} / {title} returned no rows with {combo}:\n{sql}"
 

@@ -18,7 +18,11 @@
 ``run_safely()`` never raises (the worker must not die of a scorecard typo or a ClickHouse outage): it logs
 the first failure, stays quiet while it repeats, and logs when scoring works again.
 
-The gauges are exported by copulse/scorecard/exporter.py; job health: ``copulse_vci_windows_scored_total{granularity}``,
+5. refreshes the feedback-loop gauges (copulse/feedback_metrics.py: time to first response, the backlog of
+   unanswered feedback) from the feedback-loop view, as of the newest stored event time, at most every
+   ``FEEDBACK_REFRESH_SECONDS`` (the view reads all stored feedback: about a second on a year of events).
+
+The gauges are exported by copulse/scorecard/exporter.py and copulse/feedback_metrics.py; job health: ``copulse_vci_windows_scored_total{granularity}``,
 ``copulse_vci_runs_total{outcome}``, ``copulse_vci_last_success_timestamp_seconds``.
 """
 
@@ -38,6 +42,7 @@ from clickhouse_driver import Client
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import CollectorRegistry
 
+from copulse.feedback_metrics import FeedbackLoopExporter, read_feedback_loop
 from copulse.readmodel import NOT_MIGRATED_CODES, SELECT_COLUMNS, granularity_text, parse_window_start
 from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard, scorecard_path
 from copulse.scorecard.exporter import VciExporter
@@ -48,6 +53,8 @@ from streams.kpis import epoch_seconds
 log = logging.getLogger(__name__)
 
 TABLE = "vci"
+#: the feedback-loop gauges are read from ClickHouse at most this often (their figures move by the hour)
+FEEDBACK_REFRESH_SECONDS = 60.0
 #: columns of the ``vci`` table (schemas/clickhouse/0005_vci.sql), in the order of ``vci_row``
 VCI_COLUMNS: tuple[str, ...] = (
     "granularity_seconds", "window_start", "window_end", "slice", *DIMENSIONS,
@@ -107,6 +114,8 @@ class VciJob:
         self._client = client
         self._own_client = client is None
         self.exporter = VciExporter(settings, registry) if export else None
+        self.feedback_exporter = FeedbackLoopExporter(registry) if export else None
+        self._feedback_read_at: float | None = None  # time.monotonic() of the last refresh of its gauges
         self._failing: str | None = None
         self._lock = threading.Lock()
 
@@ -206,6 +215,10 @@ class VciJob:
                 report.scored[g] = len(rows)
             if export and self.exporter is not None:
                 self.exporter.update(self.latest(card))
+            if export and self.feedback_exporter is not None and (
+                    self._feedback_read_at is None or started - self._feedback_read_at >= FEEDBACK_REFRESH_SECONDS):
+                self.feedback_exporter.update(read_feedback_loop(self.client(), self.database))
+                self._feedback_read_at = started
             report.seconds = time.monotonic() - started
             return report
 

@@ -16,6 +16,11 @@ source's default database is ``copulse``. The SQL is written for ClickHouse 18.1
 (the tests run it on both and compare the rows); an ORDER BY before a LIMIT ends with a unique key, so ties
 never make a panel show different rows on different releases.
 
+Enterprise-side and long-term panels (the feedback loop, the idea funnel, lifecycle and retention) read the views
+of 0006_loyalty.sql and 0008_feedback_loop.sql (docs/loyalty.md, docs/feedback-loop.md) per ``period`` (a custom
+variable: day, week, month; periods are UTC calendar periods, so the time range selects the periods that overlap
+it); those views have no dimensions, so the KPI filters do not apply to them.
+
 Filters: ``granularity`` (window seconds) and ``channel``, ``region``, ``category``, ``product`` (All =
 ``__all``). KPI panels read the slice that groups by exactly the chosen dimensions, in the order of
 copulse.settings.DIMENSIONS (none -> ``overall``, channel -> ``channel``, channel and region ->
@@ -120,6 +125,24 @@ def variable_sql(column: str, slice_name: str) -> str:
     return f"SELECT DISTINCT {column} FROM kpi_windows WHERE slice = '{slice_name}' ORDER BY {column}"
 
 
+#: the periods of the loyalty and feedback-loop views (docs/loyalty.md): the values of the ``period`` variable
+PERIODS = ("day", "week", "month")
+#: periods overlapping the dashboard's time range (period_start: the period's first day, a Date)
+PERIOD_FILTER = (
+    "period = '${period}'\n"
+    "  AND period_start <= toDate($__toTime)\n"
+    "  AND period_start >= multiIf('${period}' = 'week', toMonday(toDate($__fromTime)), '${period}' = 'month', "
+    "toStartOfMonth(toDate($__fromTime)), toDate($__fromTime))\n"
+)
+
+
+def period_sql(columns: str, view: str, start: str = "period_start", where: str = "") -> str:
+    """Time series of a per-period view (see the module docstring): one point per period, at its first day (UTC)."""
+    extra = f"  AND {where}\n" if where else ""
+    return (f"SELECT\n  toDateTime({start}, 'UTC') AS time,\n  {columns}\nFROM {view}\n"
+            f"WHERE {PERIOD_FILTER.replace('period_start', start)}{extra}ORDER BY time")
+
+
 GRANULARITY_SQL = (
     "SELECT DISTINCT granularity_seconds AS value, multiIf(granularity_seconds % 86400 = 0, "
     "concat(toString(intDiv(granularity_seconds, 86400)), 'd'), granularity_seconds % 3600 = 0, "
@@ -209,7 +232,7 @@ def field_defaults(unit: str | None = None, decimals: int | None = None, target:
 
 class Dashboard:
     def __init__(self, uid: str, title: str, description: str, kpi_filters: bool = True,
-                 refresh: str = "1m", time_from: str = "now-24h") -> None:
+                 refresh: str = "1m", time_from: str = "now-24h", periods: bool = False) -> None:
         self.layout = Layout()
         self.panels: list[dict] = []
         self.data = {
@@ -231,7 +254,7 @@ class Dashboard:
             ]},
             "links": [{"type": "dashboards", "tags": ["copulse"], "asDropdown": True, "title": "copulse dashboards",
                        "includeVars": True, "keepTime": True}],
-            "templating": {"list": variables() if kpi_filters else []},
+            "templating": {"list": (variables() if kpi_filters else []) + ([period_variable()] if periods else [])},
             "panels": self.panels,
         }
 
@@ -273,6 +296,15 @@ class Dashboard:
                  options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                           "graphMode": "area", "colorMode": "background" if target is not None else "value",
                           "justifyMode": "auto", "textMode": "auto", "orientation": "auto"})
+
+    def view_stat(self, title: str, sql: str, unit: str | None = None, decimals: int | None = None,
+                  w: int = 4, description: str = "") -> None:
+        """A figure of a view with one row (a table query: no time column)."""
+        self.add("stat", title, [ch_target(sql, table=True)], w=w, h=5, description=description,
+                 field_config=field_defaults(unit, decimals),
+                 options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                          "graphMode": "none", "colorMode": "value", "justifyMode": "auto", "textMode": "auto",
+                          "orientation": "auto"})
 
     def series(self, title: str, sql: str, unit: str | None = None, decimals: int | None = None,
                target: float | None = None, w: int = 12, h: int = 8, bars: bool = False, stack: bool = False,
@@ -341,6 +373,14 @@ def variables() -> list[dict]:
                     current={"selected": True, "text": "1h", "value": "3600"}),
         *(ch_variable(var, var.capitalize(), variable_sql(column, column)) for var, column in DIMS),
     ]
+
+
+def period_variable() -> dict:
+    """The custom ``period`` variable of the loyalty and feedback-loop panels (no query: a fixed list)."""
+    options = [{"selected": value == "week", "text": value, "value": value} for value in PERIODS]
+    return {"type": "custom", "name": "period", "label": "Period", "query": ",".join(PERIODS),
+            "current": {"selected": True, "text": "week", "value": "week"}, "options": options,
+            "multi": False, "includeAll": False, "hide": 0}
 
 
 FILTER_NOTE = (
@@ -440,7 +480,8 @@ def satisfaction() -> dict:
 
 def loyalty() -> dict:
     d = Dashboard("copulse-loyalty-revenue", "Loyalty & revenue",
-                  "Orders, revenue, average order value and returning purchasers.")
+                  "Orders, revenue, average order value and returning purchasers; lifecycle and retention cohorts.",
+                  periods=True, refresh=HISTORY_REFRESH)
     d.text(FILTER_NOTE)
     d.series("Revenue", kpi_sql("revenue"), CURRENCY, 0, bars=True)
     d.series("Orders and purchasers", kpi_sql("orders, purchasers, returning_purchasers"), "short", 0)
@@ -461,6 +502,116 @@ def loyalty() -> dict:
                         "currency.",
             overrides=[{"matcher": {"id": "byRegexp", "options": "revenue_total|avg_order_value"},
                         "properties": [{"id": "unit", "value": CURRENCY}, {"id": "decimals", "value": 2}]}])
+    d.row("Lifecycle and retention (raw events per Period; the dimension filters do not apply)")
+    d.text(LOYALTY_NOTE)
+    d.series("Consumer lifecycle", period_sql(
+        "new_consumers AS new,\n  returning_consumers AS returning,\n  resurrecting_consumers AS resurrecting,\n"
+        "  -toInt64(dormant_consumers) AS dormant", "loyalty_lifecycle"), "short", 0, bars=True, stack=True,
+        description="Consumers per period (view loyalty_lifecycle): new (first active period), returning (active in "
+                    "the previous period too), resurrecting (back after a gap); dormant (active in the previous "
+                    "period, not in this one) drawn below zero.")
+    retention = ",\n  ".join(
+        f"if(observed >= {n}, maxIf(retention_rate, periods_after = {n}), NULL) AS after_{n}"
+        for n in range(1, RETENTION_PERIODS + 1))
+    d.table("Retention cohorts",
+            "SELECT\n  cohort,\n  cohort_start,\n  any(cohort_size) AS consumers,\n  max(periods_after) AS observed,\n"
+            f"  {retention}\nFROM loyalty_cohorts\nWHERE {PERIOD_FILTER.replace('period_start', 'cohort_start')}"
+            "GROUP BY cohort, cohort_start\nORDER BY cohort, cohort_start DESC\nLIMIT 100",
+            w=24, h=10,
+            description="Per cohort (first_seen: period of a consumer's first activity; first_purchase: of their first "
+                        "purchase) starting in the time range: its size and the share of it active 1, 2, ... periods "
+                        "later (view loyalty_cohorts; empty where the cohort is not that old yet).",
+            overrides=[{"matcher": {"id": "byRegexp", "options": "after_.*"},
+                        "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}]}])
+    return d.json()
+
+
+#: refresh of dashboards with panels of the loyalty and feedback-loop views: they read the whole stored history
+#: (seconds per query on a year of events: docs/loyalty.md, docs/feedback-loop.md "Cost and limits")
+HISTORY_REFRESH = "5m"
+#: periods after its start for which the retention table shows a cohort's retention
+RETENTION_PERIODS = 8
+LOYALTY_NOTE = ("From the raw events (docs/loyalty.md), per UTC **Period** (day, week, month) overlapping the time "
+                "range; the newest period is usually incomplete. These views read the whole history: the dashboard refreshes every "
+                f"{HISTORY_REFRESH}.")
+FEEDBACK_NOTE = (
+    "The enterprise side from the raw events (docs/feedback-loop.md), per UTC **Period**. Feedback-loop and funnel "
+    "figures count in the period of the *feedback* or *idea* (its cohort), whenever the answer or status change came; "
+    "the backlog and ages are as of the newest stored event time, never the wall clock. Alerts: "
+    "CopulseFeedbackResponseTimeRegression, CopulseFeedbackDetractorBacklogGrowing (docs/monitoring.md). The views "
+    f"read the whole history: the dashboard refreshes every {HISTORY_REFRESH}."
+)
+FUNNEL_STAGES = ("submitted", "reviewed", "planned", "in_progress", "shipped", "declined", "waiting")
+
+
+def feedback_innovation() -> dict:
+    d = Dashboard("copulse-feedback-innovation", "Feedback loop & innovation",
+                  "Does the company answer its consumers, how fast, what is left unanswered, and what becomes of "
+                  "their ideas.", kpi_filters=False, time_from="now-90d", periods=True, refresh=HISTORY_REFRESH)
+    d.text(FEEDBACK_NOTE)
+    d.row("Unanswered feedback now (as of the newest stored event; every period)")
+    backlog = "SELECT\n  {}\nFROM feedback_loop_backlog"
+    d.view_stat("Unanswered feedback", backlog.format("backlog"), "short", 0,
+                description="Answerable feedback without a response or closed case (view feedback_loop_backlog).")
+    d.view_stat("Unanswered detractors", backlog.format("backlog_detractors"), "short", 0,
+                description="NPS or survey 0-6, rating or review 1-2, unanswered.")
+    d.view_stat("Unanswered bug reports", backlog.format("backlog_bug_reports"), "short", 0)
+    d.view_stat("Median age of the unanswered", backlog.format("median_age_seconds"), "s", 0)
+    d.view_stat("Oldest unanswered", backlog.format("oldest_age_seconds"), "s", 0)
+    d.view_stat("As of", backlog.format("toUInt64(as_of) * 1000 AS as_of_time"), "dateTimeAsIso", None,
+                description="The newest event time stored in feedback or responses: what the figures are as of.")
+    d.row("Feedback loop per period of the feedback")
+    d.series("Response rates", period_sql(
+        "response_rate,\n  detractor_response_rate,\n  bug_report_response_rate,\n  detractor_follow_up_rate_48h",
+        "feedback_loop"), "percentunit", 1,
+        description="Answered / answerable feedback of the period, overall, of detractors and of bug reports; "
+                    "detractors followed up within 48 h of those at least 48 h old (view feedback_loop).")
+    d.series("Time to first response", period_sql("median_response_seconds AS median,\n  p90_response_seconds AS p90",
+                                                  "feedback_loop"), "s", 0,
+             description="Exact median and p90 of the delay from feedback to its first response, of the answered "
+                         "feedback of the period (the newest periods hold only the answers given so far).")
+    d.series("Feedback, answers and backlog", period_sql(
+        "answerable_feedback AS answerable,\n  answered_feedback AS answered,\n  backlog AS unanswered,\n"
+        "  detractor_feedback - detractors_answered AS unanswered_detractors", "feedback_loop"), "short", 0, bars=True,
+        description="Answerable feedback of the period, answered and still unanswered (all and detractors).")
+    d.series("Age of the unanswered", period_sql(
+        "backlog_median_age_seconds AS median_age,\n  backlog_oldest_age_seconds AS oldest_age", "feedback_loop"),
+        "s", 0, description="Age (as of the newest stored event) of the unanswered feedback of the period.")
+    d.row("Idea funnel per period of submission")
+    d.series("Idea funnel", period_sql(",\n  ".join(FUNNEL_STAGES), "idea_funnel"), "short", 0, bars=True,
+             description="Ideas submitted in the period and how far they got: reviewed (any status change), planned, "
+                         "in progress, shipped (reached that stage or a later one), declined (current status), "
+                         "waiting (no status change yet) (view idea_funnel).")
+    d.series("Adoption rate", period_sql("adoption_rate", "idea_funnel"), "percentunit", 1,
+             description="Shipped / submitted ideas of the period.")
+    d.series("Time from submission to shipped", period_sql(
+        "median_seconds_to_ship AS median,\n  p90_seconds_to_ship AS p90", "idea_funnel"), "s", 0)
+    d.series("Votes per idea", period_sql("votes / submitted AS votes_per_idea,\n  voters_per_idea", "idea_funnel"),
+             "none", 2, description="Votes and distinct voters per idea submitted in the period.")
+    d.series("Status changes by status", period_sql("status,\n  status_changes", "idea_status_changes")
+             .replace("ORDER BY time", "ORDER BY time, status"), "short", 0, bars=True, stack=True,
+             description="What the product team did per period of the change (view idea_status_changes).")
+    d.table("You said, we did",
+            "SELECT\n  shipped_at,\n  submitted_at,\n  seconds_to_ship,\n  supporters,\n  votes,\n  product_id,\n"
+            "  text\nFROM ideas_shipped\nWHERE $__timeFilter(shipped_at)\nORDER BY shipped_at DESC, idea_id\nLIMIT 100",
+            description="Ideas shipped in the time range with the consumers who proposed or voted for them "
+                        "(supporters; view ideas_shipped).",
+            overrides=[{"matcher": {"id": "byName", "options": "seconds_to_ship"},
+                        "properties": [{"id": "unit", "value": "s"}]}])
+    d.table("Enterprise events in no figure",
+            "SELECT\n  kind,\n  reason,\n  sum(responses) AS events\nFROM feedback_loop_unmatched_responses\n"
+            f"WHERE {PERIOD_FILTER}GROUP BY kind, reason\nORDER BY events DESC, kind, reason",
+            description="Responses and status changes about feedback copulse does not hold (unknown_feedback: older "
+                        "than the stored history, or lost), about a survey invitation or vote (not_answerable), or "
+                        "a status change of a non-idea (not_an_idea) (view feedback_loop_unmatched_responses).")
+    d.row("Feedback-loop gauges (Prometheus: the scoring job, as of the newest stored event)")
+    d.prom("Time to first response of the last 24 h and its baseline",
+           [('max by (period, percentile) (copulse_feedback_response_seconds)', "p{{percentile}} {{period}}")], "s",
+           description="First responses sent in the last 24 h (recent) and the 7 days before (baseline); alert "
+                       "CopulseFeedbackResponseTimeRegression.")
+    d.prom("Unanswered feedback of the last 7 days",
+           [('max by (class) (copulse_feedback_backlog_recent)', "{{class}}")], "short",
+           description="Alert CopulseFeedbackDetractorBacklogGrowing watches the detractors.")
     return d.json()
 
 
@@ -560,6 +711,7 @@ DASHBOARDS = {
     "copulse-participation.json": participation,
     "copulse-satisfaction.json": satisfaction,
     "copulse-loyalty-revenue.json": loyalty,
+    "copulse-feedback-innovation.json": feedback_innovation,
     "copulse-pipeline.json": pipeline,
 }
 

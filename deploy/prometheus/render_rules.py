@@ -5,7 +5,7 @@
     python deploy/prometheus/render_rules.py --check    exit 1 if the committed files differ from the render
     python deploy/prometheus/render_rules.py --params my.yml --out /tmp/rules
 
-Four files come out:
+Five files come out:
 
 * ``copulse_kpi_recording.yml``: ``copulse:kpi_<counter>:sum`` = the KPI gauges summed over workers
   (``sum without(instance, job)``), and the KPIs ``copulse:kpi_<kpi>`` of the catalogue
@@ -13,7 +13,9 @@ Four files come out:
   empty window yields no sample instead of NaN/Inf;
 * ``copulse_kpi_alerts.yml``: KPI drops against a baseline, with a low-traffic floor;
 * ``copulse_pipeline_alerts.yml``: worker, consumption, watermark, dead-letter and sink alerts;
-* ``vci.yml``: the value co-creation index: max over workers, VCI drop and stale scoring alerts.
+* ``vci.yml``: the value co-creation index: max over workers, VCI drop and stale scoring alerts;
+* ``copulse_feedback_alerts.yml``: the feedback loop (copulse/feedback_metrics.py gauges): a response-time
+  regression and a growing backlog of unanswered detractors.
 
 Also importable (tests render short test variants): ``render(load_params(overrides={...}))``.
 """
@@ -462,6 +464,83 @@ def vci_groups(params: dict) -> list[dict]:
     ]
 
 
+def feedback_groups(params: dict) -> list[dict]:
+    """copulse_feedback_alerts.yml: the feedback-loop gauges of the scoring job (copulse/feedback_metrics.py; only
+    the leader exports them and they come from ClickHouse: max, never sum, over workers)."""
+    p = params["feedback_alerts"]
+    job = f'job="{params.get("job", "copulse")}"'
+
+    def d(name: str) -> str:
+        return duration(p[name], f"feedback_alerts.{name}")
+
+    def gauge(metric: str, *matchers: str, offset: str = "") -> str:
+        shifted = f" offset {offset}" if offset else ""
+        return f"max without(instance, job) ({metric}{_selector(job, *matchers)}{shifted})"
+
+    percentile = float(p["response_percentile"])
+    of_percentile = f'percentile="{percentile:g}"'
+    recent = gauge("copulse_feedback_response_seconds", 'period="recent"', of_percentile)
+    baseline = gauge("copulse_feedback_response_seconds", 'period="baseline"', of_percentile)
+    ratio, ceiling = float(p["response_ratio"]), int(p["response_max_seconds"])
+    volume = int(p["response_min_responses"])
+    responses = gauge("copulse_feedback_responses", 'period="recent"')
+    q_text = f"p{percentile:g}"
+    response = {
+        "alert": "CopulseFeedbackResponseTimeRegression",
+        "expr": (
+            f"(\n  {recent}\n    > on() group_left {ratio:g} * {baseline}\n  or\n  {recent} > {ceiling}\n)\nand on()\n"
+            f"{responses} >= {volume}\n"
+        ),
+        "for": d("response_for"),
+        "labels": {"severity": str(p.get("response_severity", "warning"))},
+        "annotations": {
+            "summary": f"Consumers wait longer for an answer: {q_text} time to first response "
+                       "{{ $value | humanizeDuration }} over the last 24 h",
+            "description": (
+                f"The {q_text} time to first response of the responses sent in the last 24 h (as of the newest stored "
+                f"event time) is above {ratio:g} x its baseline (the 7 days before) or above {ceiling} s, with at "
+                f"least {volume} responses; held {d('response_for')}."
+            ),
+            "runbook": (
+                "Feedback loop & innovation dashboard: which cohorts wait (response times per period, backlog) and "
+                "whether the backlog grows too (CopulseFeedbackDetractorBacklogGrowing). Usually a team is short of "
+                "people or a channel's answers stopped: check the responding teams' queues and the producer of "
+                "copulse.responses (copulse_events_consumed_total{topic=~\".*responses\"}). Thresholds: "
+                "deploy/prometheus/thresholds.yml feedback_alerts."
+            ),
+        },
+    }
+    cls = f'class="{p["backlog_class"]}"'
+    window, growth, floor = d("backlog_growth_window"), float(p["backlog_growth_ratio"]), int(p["backlog_min"])
+    open_now = gauge("copulse_feedback_backlog_recent", cls)
+    open_before = gauge("copulse_feedback_backlog_recent", cls, offset=window)
+    backlog = {
+        "alert": "CopulseFeedbackDetractorBacklogGrowing",
+        "expr": (
+            f"{open_now}\n  > {growth:g} * {open_before}\n"
+            f"and\n{open_now} >= {floor}\n"
+        ),
+        "for": d("backlog_for"),
+        "labels": {"severity": str(p.get("backlog_severity", "warning"))},
+        "annotations": {
+            "summary": f"{{{{ $value }}}} unanswered {p['backlog_class']} feedback of the last 7 days, growing",
+            "description": (
+                f"Unanswered {p['backlog_class']} feedback given in the last 7 days grew to more than {growth:g} x "
+                f"what it was {window} earlier and is at least {floor}; held {d('backlog_for')}. Every one is an "
+                "unhappy consumer waiting for the company."
+            ),
+            "runbook": (
+                "Feedback loop & innovation dashboard: backlog per cohort and the oldest waiting feedback "
+                "(copulse_feedback_backlog_oldest_age_seconds); the query `SELECT * FROM feedback_loop_feedback WHERE "
+                "in_backlog AND is_detractor ORDER BY occurred_ms` lists them. Answer them (support), or find why "
+                "responses stopped arriving (copulse.responses producer, CopulseFeedbackResponseTimeRegression). "
+                "Thresholds: deploy/prometheus/thresholds.yml feedback_alerts."
+            ),
+        },
+    }
+    return [{"name": "copulse-feedback-alerts", "interval": d("evaluation_interval"), "rules": [response, backlog]}]
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
@@ -480,12 +559,13 @@ def _dump(groups: list[dict]) -> str:
 
 
 def render(params: dict) -> dict[str, str]:
-    """file name -> YAML text of the three rule files."""
+    """file name -> YAML text of the rule files."""
     return {
         "copulse_kpi_recording.yml": _dump(recording_groups()),
         "copulse_kpi_alerts.yml": _dump(kpi_alert_groups(params)),
         "copulse_pipeline_alerts.yml": _dump(pipeline_alert_groups(params)),
         "vci.yml": _dump(vci_groups(params)),
+        "copulse_feedback_alerts.yml": _dump(feedback_groups(params)),
     }
 
 
