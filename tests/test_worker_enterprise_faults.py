@@ -17,8 +17,10 @@ arrives late), part of it is never sent (its responses answer unknown feedback).
 * ``kpi_final`` equals tests/oracle.py for every counter the oracle computes (whatever counters it computes:
   the comparison takes their names from the oracle), and no window is left open.
 
-Nothing depends on timing: kills are triggered by conditions (stream progress and the worker's own progress),
-never by sleeps, and the producer never pauses long enough for a source to turn idle (docs/reliability.md).
+Nothing depends on timing: kills are triggered by conditions (stream progress, and the worker's own counters of
+messages handled and flushes completed: one kill most likely before anything was persisted, two after state was
+persisted, which the last process must restore), never by sleeps; the producer never pauses long enough for a
+source to turn idle (docs/reliability.md), so no event's fate depends on the wall clock.
 """
 
 from __future__ import annotations
@@ -65,10 +67,13 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 NEWEST_EVENT_INTO_WINDOW_MS = 57_000
 HELD_BACK = 6  # answered feedback sent after its answers, and as many never sent
 RATE = 150  # messages per second of wall clock
-#: a kill once this share of the stream was handed to the producer (and the running worker handled messages)
-KILL_AT = (0.15, 0.45, 0.75)
-#: the producer waits here until the kill before it happened, so every kill falls mid-stream however slowly a
-#: worker restarts; it waits only while that worker starts, so no source turns idle meanwhile
+#: the kills: once this share of the stream was handed to the producer and the running worker handled messages
+#: and then completed this many flushes (0: most likely before it persisted anything, a restart from scratch;
+#: 2 or 3: after it persisted state, a restart that restores it and resumes where it says)
+KILLS = ((0.15, 0), (0.45, 2), (0.75, 3))
+#: this share of the stream past a kill's share, the producer waits until that kill happened, so every kill falls
+#: mid-stream however slowly a worker restarts; it waits only until the worker it waits for has handled messages
+#: and flushed up to three times (seconds, well within the idle timeout), so no source turns idle meanwhile
 GATE_AFTER = 0.2
 
 
@@ -149,6 +154,14 @@ def handled_by(env: dict) -> int:
     except (OSError, urllib.error.URLError):
         return 0
     return int(sum(v for k, v in counts.items() if k[0] in ("processed", "dead_lettered", "replayed")))
+
+
+def flushes_of(env: dict) -> int:
+    """Flushes (rows stored, state persisted, offsets acked) the running worker process completed."""
+    try:
+        return int(worker_counters(env)[("flushes",)])
+    except (OSError, urllib.error.URLError):
+        return 0
 
 
 def kpi_final(client, database: str, counters: tuple[str, ...]) -> tuple[dict, int]:
@@ -242,7 +255,7 @@ def test_enterprise_events_exact_through_kill_9(isolated_worker, kafka_bootstrap
     settings, client, database = iso.settings, iso.client, iso.database
     stream = build_stream(settings)
     total = len(stream.messages)
-    kill_at = [int(f * total) for f in KILL_AT]
+    kill_at = [int(share * total) for share, _ in KILLS]
     producer = GatedProducer(settings, stream.messages, RATE, [at + int(GATE_AFTER * total) for at in kill_at])
 
     worker = iso.worker()
@@ -256,10 +269,13 @@ def test_enterprise_events_exact_through_kill_9(isolated_worker, kafka_bootstrap
     producer.start()
     kills = []
     rng = random.Random(SEED)
-    for k, at in enumerate(kill_at):
-        handled = rng.randrange(50, 400)  # somewhere in a batch or a flush of the running process
+    for k, (at, (_, flushes_after)) in enumerate(zip(kill_at, KILLS)):
+        handled = rng.randrange(50, 400)  # then the kill lands anywhere in a batch or a flush
         wait_until(lambda at=at, handled=handled: producer.handed >= at and handled_by(iso.env) >= handled, 120,
                    f"kill {k + 1}: {at} messages handed to the producer and {handled} handled by the worker", alive)
+        persisted = flushes_of(iso.env) + flushes_after
+        wait_until(lambda persisted=persisted: flushes_of(iso.env) >= persisted, 60,
+                   f"kill {k + 1}: {flushes_after} flushes of the worker after its first {handled} messages", alive)
         kills.append(producer.handed)
         worker.kill9()
         producer.gates[k][1].set()
@@ -326,6 +342,8 @@ def test_enterprise_events_exact_through_kill_9(isolated_worker, kafka_bootstrap
     # processed + dead-lettered + replayed. Across the kills, from what is persisted: every message sent is a
     # dead letter, a stored unique event or a re-send of one (a duplicate); none is lost, none counted twice.
     counts = worker_counters(iso.env)
+    resumed_from = total - int(sum(v for k, v in counts.items() if k[0] == "consumed"))
+    assert resumed_from > 0, "the last process read the whole stream again: no kill left persisted state to restore"
     classified = {e["type"] for e in folded + late + duplicates}
     resends = Counter(e["type"] for e in duplicates)
     for event_type, topic in settings.source_topics.items():
@@ -345,8 +363,8 @@ def test_enterprise_events_exact_through_kill_9(isolated_worker, kafka_bootstrap
           f"{dict(Counter(m['expected'] for m in lines if m['type'] == 'response'))}; kills after {kills} messages; "
           f"produced in {produced_s:.0f} s, settled after {settled_s:.0f} s; {len(kpis)} window-slices x "
           f"{len(counters)} counters; DLQ {len(dead)} records for {len(invalid)} invalid messages; late {len(late)}; "
-          f"duplicates {len(duplicates)}; last process {handled_by(iso.env)} messages handled; enterprise events "
-          f"relative to the feedback they answer: {dict(timing)}")
+          f"duplicates {len(duplicates)}; the last process resumed after {resumed_from} persisted messages; "
+          f"enterprise events relative to the feedback they answer: {dict(timing)}")
 
 
 def preconditions(stream: Stream, lines: list[dict], oracle: FeedbackLoopOracle, views: dict,
