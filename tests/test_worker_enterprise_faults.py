@@ -44,7 +44,7 @@ from kafka import KafkaConsumer, TopicPartition
 from copulse.generator import INVALID, VALID, GeneratedMessage, GeneratorOptions, generate_events, produce
 from copulse.settings import DIMENSIONS, Settings, slice_dimensions
 from sinks.rows import EVENT_TABLES
-from streams.errors import LATE_EVENT, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC
+from streams.errors import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, LATE_EVENT
 from tests.feedback_loop_oracle import FeedbackLoopOracle
 from tests.oracle import classify
 from tests.test_feedback_loop import actual_views, expected_views
