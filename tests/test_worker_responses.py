@@ -35,7 +35,7 @@ RESPONSE_FIELDS = ("consumer_id", "occurred_ms", "channel", "region", "segment",
 
 
 def worker_counters(env: dict) -> Counter:
-    """(metric family, labels...) -> value of the worker's consumed / processed / dead-lettered counters."""
+    """(metric family, labels...) -> value of the worker's consumed / processed / dead-lettered / replayed / flush counters."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{env['COPULSE_METRICS_PORT']}/metrics", timeout=5).read().decode()
     counts: Counter = Counter()
     for family in text_string_to_metric_families(text):
@@ -47,6 +47,10 @@ def worker_counters(env: dict) -> Counter:
                 counts[("processed", labels["type"], labels["outcome"])] += sample.value
             elif sample.name == "copulse_events_dead_lettered_total":
                 counts[("dead_lettered", labels["topic"])] += sample.value
+            elif sample.name == "copulse_events_replayed_total":
+                counts[("replayed", labels["type"])] += sample.value
+            elif sample.name == "copulse_flushes_total":
+                counts[("flushes",)] += sample.value
     return counts
 
 
