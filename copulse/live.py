@@ -399,21 +399,20 @@ def _feedback_loop(panel: FeedbackLoopPanel) -> Group:
     loop, ideas = panel.loop, panel.ideas
     if loop.as_of is None:
         return Group(Text("feedback loop  ", style="bold") + Text("no feedback stored yet", style="grey62"))
-    sep = Text("  ·  ", style="grey50")
+    sep = Text(" · ", style="grey50")
     rate = loop.response_rate
     colour = "grey62" if rate is None else "green" if rate >= 0.8 else "yellow" if rate >= 0.5 else "red"
     first = (Text("feedback loop  ", style="bold")
              + Text(f"response rate {format_value(rate, 'rate')}", style=colour)
              + Text(f" ({loop.answered:,} of {loop.answerable:,})") + sep
-             + Text(f"first response median {_duration(loop.median_response_seconds)} "
-                    f"(p90 {_duration(loop.p90_response_seconds)})") + sep
+             + Text(f"first response median {_duration(loop.median_response_seconds)}, "
+                    f"p90 {_duration(loop.p90_response_seconds)}") + sep
              + Text(f"unanswered detractors {loop.backlog_detractors:,}",
-                    style="red" if loop.backlog_detractors else "green")
-             + Text(f" of {loop.backlog:,} unanswered"))
+                    style="red" if loop.backlog_detractors else "green"))
     second = (Text("innovation     ", style="bold")
-              + Text(f"ideas shipped {ideas.shipped:,} of {ideas.submitted:,} submitted "
-                     f"({format_value(ideas.adoption_rate, 'rate')})") + sep
-              + Text(f"{ideas.declined:,} declined, {ideas.waiting:,} waiting") + sep
+              + Text(f"ideas shipped {ideas.shipped:,} of {ideas.submitted:,} "
+                     f"({format_value(ideas.adoption_rate, 'rate')}), {ideas.declined:,} declined, "
+                     f"{ideas.waiting:,} waiting") + sep
               + Text(f"as of {loop.as_of:%Y-%m-%d %H:%M:%S} UTC (newest stored event)", style="grey62"))
     return Group(first, second)
 

@@ -34,7 +34,7 @@ from copulse.history import (
     period_start,
     view_rows,
 )
-from copulse.live import fetch_feedback_loop, _feedback_loop
+from copulse.live import _ago, _feedback_loop, fetch_feedback_loop
 from copulse.readmodel import reader_client
 from copulse.settings import Settings, get_settings
 from sinks.migrations import migrate
@@ -170,8 +170,10 @@ def test_history_figures_equal_the_oracles(migrated, history):
         whole = panel.loop
         assert f"response rate {whole.answered / whole.answerable * 100:.1f} %" in text
         assert f"({whole.answered:,} of {whole.answerable:,})" in text
-        assert f"unanswered detractors {whole.backlog_detractors:,} of {whole.backlog:,}" in text
-        assert f"ideas shipped {panel.ideas.shipped:,} of {panel.ideas.submitted:,} submitted" in text
+        assert f"first response median {_ago(whole.median_response_seconds)}, " \
+               f"p90 {_ago(whole.p90_response_seconds)}" in text
+        assert f"unanswered detractors {whole.backlog_detractors:,}" in text
+        assert f"ideas shipped {panel.ideas.shipped:,} of {panel.ideas.submitted:,} (" in text
         assert f"as of {whole.as_of:%Y-%m-%d %H:%M:%S} UTC" in text
 
         # copulse report: the sections show the range's figures (charts are drawn in tests/test_report.py)
