@@ -234,7 +234,7 @@ def render_html(history: ReportHistory, svgs: dict[str, str], top: int) -> str:
     loop, ideas = history.loop, history.ideas
     as_of = f"as of {iso(loop.as_of)}" if loop.as_of else "nothing stored yet"
     span = f"{iso(history.within.since)} – {iso(history.within.until)}"
-    out = ["<h2>Feedback loop &amp; innovation</h2>",
+    out = ['<h2 id="feedback-loop">Feedback loop &amp; innovation</h2>',
            f'<p class="note">From the stored feedback and the enterprise\'s answers ({e(as_of)}, the newest stored '
            f'event; whole shop, not sliced). Cards: feedback and ideas given {e(span)}; charts and tables: every '
            f'{history.period} (cohort of the feedback or idea) overlapping the range. Definitions: '
@@ -273,7 +273,7 @@ def render_html(history: ReportHistory, svgs: dict[str, str], top: int) -> str:
         out.append(_shipped_table(history, top))
     else:
         out.append('<p class="note">No idea shipped in the range.</p>')
-    out.append("<h2>Loyalty</h2>")
+    out.append('<h2 id="loyalty">Loyalty</h2>')
     out.append(f'<p class="note">Consumers active per {history.period} (any purchase, usage or feedback of '
                "theirs) from the stored events; whole shop. Definitions: docs/loyalty.md.</p>")
     if "lifecycle" in svgs:
