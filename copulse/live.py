@@ -53,6 +53,8 @@ from copulse.settings import duration_seconds
 
 UTC = dt.UTC
 GOOD, BAD, FLAT = "green", "red", "grey62"
+#: the raw event tables of copulse_sink_rows_total (the consumers' events and the enterprise's responses)
+RAW_EVENT_TABLES = ("purchases", "usage_events", "feedback", "responses")
 #: the feedback-loop panel reads whole views (copulse/history.py): at most once per this many seconds
 FEEDBACK_LOOP_REFRESH_SECONDS = 30.0
 
@@ -235,7 +237,7 @@ def parse_metrics(text: str, now: float | None = None) -> PipelineStatus:
             elif s.name == "copulse_sink_rows_total":
                 if s.labels.get("table") == "kpi_windows":
                     p.kpi_rows_stored += s.value
-                elif s.labels.get("table") in ("purchases", "usage_events", "feedback"):
+                elif s.labels.get("table") in RAW_EVENT_TABLES:
                     p.events_stored += s.value
     if lags:
         p.watermark_lag_min, p.watermark_lag_max = min(lags), max(lags)

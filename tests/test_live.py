@@ -77,7 +77,7 @@ def test_render_latest_window_with_trends():
     assert "321.50" in lines["Average order value (EUR)"] and "▲" in lines["Average order value (EUR)"]
     assert "consumed 31.2/s (1,500 total)" in out and "dead letters 0.50/s" in out
     assert "watermark lag 2.0 s (max 7.5 s)" in out and "sink ok" in out
-    assert "VCI scored 10 s ago" in out and "stored 1,450 events, 300 KPI rows" in out
+    assert "VCI scored 10 s ago" in out and "stored 1,500 events, 300 KPI rows" in out
 
 
 def test_render_waiting_and_unreachable_worker():
@@ -116,6 +116,7 @@ METRICS = textwrap.dedent(
     # TYPE copulse_sink_rows_total counter
     copulse_sink_rows_total{table="usage_events"} 1000.0
     copulse_sink_rows_total{table="feedback"} 450.0
+    copulse_sink_rows_total{table="responses"} 50.0
     copulse_sink_rows_total{table="kpi_windows"} 300.0
     # TYPE copulse_vci_last_success_timestamp_seconds gauge
     copulse_vci_last_success_timestamp_seconds 1.7145648e+09
@@ -127,7 +128,7 @@ def test_parse_metrics():
     p = parse_metrics(METRICS)
     assert p.reachable and p.consumed_total == 1500 and p.dead_lettered_total == 12
     assert (p.watermark_lag_min, p.watermark_lag_max) == (2.0, 7.5)
-    assert p.events_stored == 1450 and p.kpi_rows_stored == 300 and not p.backpressure
+    assert p.events_stored == 1500 and p.kpi_rows_stored == 300 and not p.backpressure
     assert p.vci_last_success == 1714564800.0
 
 
