@@ -2,8 +2,10 @@
 
 Shows, for the newest final window of one granularity and slice (default 1m, overall): the value co-creation
 index with its trend against the previous window, every perspective's score, every KPI against its target
-(value, target, floor, attainment bar, trend, sample) and the pipeline's health read from the worker's metrics
-endpoint (events consumed per second, dead letters, watermark lag, sink state, VCI scoring). Until the first
+(value, target, floor, attainment bar, trend, sample), the feedback loop and idea funnel over all stored history
+(response rate, median time to first response, unanswered detractors, ideas shipped of submitted; as of the
+newest stored event, copulse/history.py, read at most every 30 s) and the pipeline's health read from the
+worker's metrics endpoint (events consumed per second, dead letters, watermark lag, sink state, VCI scoring). Until the first
 window is final it says when one is expected.
 
 Scores come from the ``vci`` table the worker writes (copulse/scorecard/job.py) for the scorecard version in force; for
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import math
 import sys
 import time
 import urllib.error
@@ -33,6 +36,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from copulse.history import IdeaSummary, LoopSummary, idea_summary, loop_summary
 from copulse.readmodel import (
     NOT_MIGRATED_CODES,
     SELECT_COLUMNS,
@@ -49,6 +53,10 @@ from copulse.settings import duration_seconds
 
 UTC = dt.UTC
 GOOD, BAD, FLAT = "green", "red", "grey62"
+#: the raw event tables of copulse_sink_rows_total (the consumers' events and the enterprise's responses)
+RAW_EVENT_TABLES = ("purchases", "usage_events", "feedback", "responses")
+#: the feedback-loop panel reads whole views (copulse/history.py): at most once per this many seconds
+FEEDBACK_LOOP_REFRESH_SECONDS = 30.0
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -81,12 +89,25 @@ class WindowScore:
     computed_at: dt.datetime | None  # None: computed here (the worker has not stored it for this version)
 
 
+@dataclass(frozen=True)
+class FeedbackLoopPanel:
+    """The feedback loop and the idea funnel over all stored history, as of the newest stored event time."""
+
+    loop: LoopSummary
+    ideas: IdeaSummary
+
+
+def fetch_feedback_loop(client: Client, database: str) -> FeedbackLoopPanel:
+    return FeedbackLoopPanel(loop_summary(client, database), idea_summary(client, database))
+
+
 @dataclass
 class LiveState:
     latest: WindowScore | None = None
     previous: WindowScore | None = None
     open_window: tuple[dt.datetime, int] | None = None  # start, events so far (only while nothing is final)
     error: str | None = None
+    feedback_loop: FeedbackLoopPanel | None = None
 
 
 def _labels(card: Scorecard, g: int) -> dict[str, str]:
@@ -216,7 +237,7 @@ def parse_metrics(text: str, now: float | None = None) -> PipelineStatus:
             elif s.name == "copulse_sink_rows_total":
                 if s.labels.get("table") == "kpi_windows":
                     p.kpi_rows_stored += s.value
-                elif s.labels.get("table") in ("purchases", "usage_events", "feedback"):
+                elif s.labels.get("table") in RAW_EVENT_TABLES:
                     p.events_stored += s.value
     if lags:
         p.watermark_lag_min, p.watermark_lag_max = min(lags), max(lags)
@@ -296,6 +317,8 @@ def render(state: LiveState, pipeline: PipelineStatus | None, card: Scorecard, *
     else:
         parts.append(_headline(state, granularity, now))
         parts.append(_scorecard_table(state, settings.currency))
+    if state.feedback_loop is not None:
+        parts.append(_feedback_loop(state.feedback_loop))
     parts.append(_pipeline(pipeline, settings, now))
     footer = Text(f"refreshed {dt.datetime.fromtimestamp(now, UTC):%H:%M:%S} UTC · every {refresh:g} s · "
                   "Ctrl-C quits", style="grey50")
@@ -367,6 +390,33 @@ def _scorecard_table(state: LiveState, currency: str) -> Table:
                           format_value(k.floor, k.unit) if k.floor is not None else "—", att, pct,
                           trend(k.value, k.previous, k.direction == "higher"), f"{k.sample:,.0f}")
     return table
+
+
+def _duration(seconds: float | None) -> str:
+    return "—" if seconds is None else _ago(seconds)
+
+
+def _feedback_loop(panel: FeedbackLoopPanel) -> Group:
+    """Two lines: the enterprise's answers to all stored feedback and where all stored ideas stand."""
+    loop, ideas = panel.loop, panel.ideas
+    if loop.as_of is None:
+        return Group(Text("feedback loop  ", style="bold") + Text("no feedback stored yet", style="grey62"))
+    sep = Text(" · ", style="grey50")
+    rate = loop.response_rate
+    colour = "grey62" if rate is None else "green" if rate >= 0.8 else "yellow" if rate >= 0.5 else "red"
+    first = (Text("feedback loop  ", style="bold")
+             + Text(f"response rate {format_value(rate, 'rate')}", style=colour)
+             + Text(f" ({loop.answered:,} of {loop.answerable:,})") + sep
+             + Text(f"first response median {_duration(loop.median_response_seconds)}, "
+                    f"p90 {_duration(loop.p90_response_seconds)}") + sep
+             + Text(f"unanswered detractors {loop.backlog_detractors:,}",
+                    style="red" if loop.backlog_detractors else "green"))
+    second = (Text("innovation     ", style="bold")
+              + Text(f"ideas shipped {ideas.shipped:,} of {ideas.submitted:,} "
+                     f"({format_value(ideas.adoption_rate, 'rate')}), {ideas.declined:,} declined, "
+                     f"{ideas.waiting:,} waiting") + sep
+              + Text(f"as of {loop.as_of:%Y-%m-%d %H:%M:%S} UTC (newest stored event)", style="grey62"))
+    return Group(first, second)
 
 
 def _waiting(state: LiveState, granularity: int, settings, now: float) -> Panel:
@@ -451,7 +501,7 @@ def run(args, settings) -> int:
     url = args.metrics_url or metrics_url(settings)
     database = settings.clickhouse["database"]
     where = f"{settings.clickhouse['host']}:{settings.clickhouse['port']}"
-    holder: dict = {"client": None, "pipeline": None}
+    holder: dict = {"client": None, "pipeline": None, "feedback_loop": None, "feedback_loop_at": -math.inf}
 
     def frame():
         state = LiveState()
@@ -459,6 +509,10 @@ def run(args, settings) -> int:
             if holder["client"] is None:
                 holder["client"] = reader_client(settings)
             state = fetch_state(holder["client"], database, card, granularity, args.slice, args.value)
+            if time.monotonic() - holder["feedback_loop_at"] >= FEEDBACK_LOOP_REFRESH_SECONDS:
+                holder["feedback_loop"] = fetch_feedback_loop(holder["client"], database)
+                holder["feedback_loop_at"] = time.monotonic()
+            state.feedback_loop = holder["feedback_loop"]
         except ch_errors.ServerException as exc:
             first = exc.message.strip().splitlines()[0]
             hint = " (run `copulse db migrate`)" if exc.code in NOT_MIGRATED_CODES else ""

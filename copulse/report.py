@@ -11,6 +11,9 @@ worker uses (copulse/scorecard/index.py), so all periods are compared with the s
 * the index over time, every perspective's score over time;
 * participation trends (participation rate, co-creation actions per active consumer) and satisfaction trends
   (CSAT, NPS, survey response rate);
+* feedback loop & innovation (response rates, time to first response, unanswered feedback, the idea funnel per
+  submission cohort, "you said, we did") and loyalty (lifecycle per period, retention by first-seen cohort), from
+  the views over the stored raw events (copulse/report_history.py; ``--period`` day, week or month);
 * top and bottom products by their average index (slice ``product_id``), with key KPIs pooled over the range;
 * a summary table: per perspective and KPI the average, minimum, latest and the target.
 
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from clickhouse_driver import errors as ch_errors
 
+from copulse.history import PERIODS, auto_period
 from copulse.readmodel import (
     SELECT_COLUMNS,
     UNREACHABLE,
@@ -44,6 +48,8 @@ from copulse.readmodel import (
     reader_client,
     utc,
 )
+from copulse.report_history import ReportHistory, chart_makers, fetch_history
+from copulse.report_history import render_html as history_html
 from copulse.scorecard.catalogue import CATALOGUE, format_value
 from copulse.scorecard.definition import Scorecard, ScorecardError, load_scorecard
 from copulse.scorecard.index import VciResult, kpi_inputs, score_row
@@ -92,6 +98,7 @@ class ReportData:
     products: list[ProductLine] = field(default_factory=list)
     product_note: str = ""
     currency: str = "EUR"
+    history: ReportHistory | None = None
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -103,7 +110,10 @@ def _where_dims(slice_name: str, value: str | None) -> tuple[str, dict]:
 
 
 def fetch(client, database: str, card: Scorecard, granularity: int, slice_name: str, value: str | None,
-          since: dt.datetime, until: dt.datetime, *, top: int = 5, progress=None) -> ReportData:
+          since: dt.datetime, until: dt.datetime, *, top: int = 5, period: str | None = None,
+          progress=None) -> ReportData:
+    """The report's data; ``period`` (day, week, month; default by the range's length) groups the feedback loop,
+    idea funnel and loyalty sections."""
     where, params = _where_dims(slice_name, value)
     params.update(g=granularity, s=slice_name, lo=int(since.timestamp()), hi=int(until.timestamp()))
     rng = "window_start >= toDateTime(%(lo)s, 'UTC') AND window_start < toDateTime(%(hi)s, 'UTC')"
@@ -145,6 +155,9 @@ def fetch(client, database: str, card: Scorecard, granularity: int, slice_name: 
     else:
         data.product_note = ("No final windows of slice product_id in this range (is product_id in "
                              "COPULSE_SLICES?).")
+    period = period or auto_period(since, until)
+    _step(progress, f"reading the feedback loop, idea funnel and loyalty per {period}")
+    data.history = fetch_history(client, database, period, since, until)
     return data
 
 
@@ -354,6 +367,7 @@ body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Helvetica,Arial,s
 color:#1d2733}
 main{max-width:1040px;margin:0 auto;padding:24px 28px 48px}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 8px;border-bottom:2px solid #dde3ea;padding-bottom:4px}
+h3{font-size:16px;margin:20px 0 6px}
 .meta{color:#5b6b7b;font-size:14px;margin-bottom:18px}
 .cards{display:flex;gap:14px;flex-wrap:wrap}
 .card{flex:1 1 0;background:#fff;border-radius:8px;padding:12px 14px;min-width:130px;box-shadow:0 1px 3px rgba(0,0,0,.08)}
@@ -432,6 +446,8 @@ def render_html(data: ReportData, charts: dict[str, str], top: int) -> str:
     ]
     for key, title, caption in sections:
         out.append(f"<h2>{e(title)}</h2><figure>{charts[key]}<figcaption>{e(caption)}</figcaption></figure>")
+    if data.history is not None:
+        out.append(history_html(data.history, charts, top))
     out.append("<h2>Products</h2>")
     if data.products:
         out.append(f"<figure>{charts['products']}<figcaption>Average index of each product's {g} windows "
@@ -507,6 +523,9 @@ def build(data: ReportData, *, top: int = 5, png_dir: Path | None = None, progre
               "satisfaction": chart_satisfaction}
     if data.products:
         makers["products"] = lambda d: chart_products(d, top)
+    if data.history is not None:
+        for name, make in chart_makers(data.history).items():
+            makers[name] = lambda d, make=make: make(d.history)
     charts = {}
     for name, make in makers.items():
         _step(progress, f"drawing chart {name}")
@@ -527,6 +546,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", help="also write every chart as PNG into this directory")
     parser.add_argument("--top", type=int, default=5, help="top and bottom products to show (default 5)")
     parser.add_argument("--scorecard", help="scorecard YAML (default: COPULSE_SCORECARD_FILE or the shipped one)")
+    parser.add_argument("--period", choices=PERIODS,
+                        help="periods of the feedback loop, idea funnel and loyalty sections (default: day up to 2 "
+                             "weeks of range, week up to 6 months, month beyond)")
     parser.epilog = ("exit codes: 0 written, 1 ClickHouse problem, 2 bad option or scorecard, 3 no final window in "
                      "the range (the message says which range has data)")
 
@@ -553,7 +575,7 @@ def run(args, settings) -> int:
                 status.update(f"copulse report: {text}")
 
             data = fetch(client, settings.clickhouse["database"], card, granularity, args.slice, args.value,
-                         args.since, args.until, top=args.top, progress=progress)
+                         args.since, args.until, top=args.top, period=args.period, progress=progress)
             data.currency = settings.currency
             text = build(data, top=args.top, png_dir=Path(args.png) if args.png else None, progress=progress)
             progress(f"writing {out}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def test_render_latest_window_with_trends():
     assert "321.50" in lines["Average order value (EUR)"] and "▲" in lines["Average order value (EUR)"]
     assert "consumed 31.2/s (1,500 total)" in out and "dead letters 0.50/s" in out
     assert "watermark lag 2.0 s (max 7.5 s)" in out and "sink ok" in out
-    assert "VCI scored 10 s ago" in out and "stored 1,450 events, 300 KPI rows" in out
+    assert "VCI scored 10 s ago" in out and "stored 1,500 events, 300 KPI rows" in out
 
 
 def test_render_waiting_and_unreachable_worker():
@@ -115,6 +116,7 @@ METRICS = textwrap.dedent(
     # TYPE copulse_sink_rows_total counter
     copulse_sink_rows_total{table="usage_events"} 1000.0
     copulse_sink_rows_total{table="feedback"} 450.0
+    copulse_sink_rows_total{table="responses"} 50.0
     copulse_sink_rows_total{table="kpi_windows"} 300.0
     # TYPE copulse_vci_last_success_timestamp_seconds gauge
     copulse_vci_last_success_timestamp_seconds 1.7145648e+09
@@ -126,7 +128,7 @@ def test_parse_metrics():
     p = parse_metrics(METRICS)
     assert p.reachable and p.consumed_total == 1500 and p.dead_lettered_total == 12
     assert (p.watermark_lag_min, p.watermark_lag_max) == (2.0, 7.5)
-    assert p.events_stored == 1450 and p.kpi_rows_stored == 300 and not p.backpressure
+    assert p.events_stored == 1500 and p.kpi_rows_stored == 300 and not p.backpressure
     assert p.vci_last_success == 1714564800.0
 
 
@@ -203,6 +205,9 @@ def test_live_shows_what_the_worker_scored(live_stack):
     for label in ("Satisfaction", "Participation", "Financial", "CSAT (average 1-5)", "Participation rate"):
         assert label in out
     assert "consumed " in out and "/s (" in out and "watermark lag" in out and "VCI scored" in out
+    # the feedback-loop panel (its figures are checked exactly in tests/test_history.py)
+    assert "feedback loop  response rate" in out and "unanswered detractors" in out, out
+    assert re.search(r"innovation +ideas shipped [\d,]+ of [\d,]+ \(", out), out
     # Ctrl-C ends the live view cleanly
     live = subprocess.Popen([sys.executable, "-m", "copulse.cli", "live", "--granularity", "10s", "--refresh", "1",
                              "--width", "140"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
