@@ -38,7 +38,7 @@ def populate(settings: Settings, hours: int = HOURS, rate: float = 6.0) -> None:
     from streams.validation import decode_event
 
     migrate(settings)
-    STORED_RAW = (Outcome.FOLDED, Outcome.STORED, Outcome.LATE, Outcome.WINDOW_CLOSED)
+    STORED_RAW = (Outcome.FOLDED, Outcome.LATE, Outcome.WINDOW_CLOSED)
     partitions = 3
     count = int(hours * 3600 * rate)
     messages = generate_events(settings, count=count, seed=5, consumers=600, start_ms=int(T0.timestamp() * 1000),
