@@ -123,8 +123,7 @@ def run_copulse(ds: Dataset, app_id: str, tmp: Path, *, timeout: float = 900, ex
                    rate_committed=ds.messages / (committed - first))
         out["events_per_cpu_s"] = ds.messages / out["cpu"] if out["cpu"] > 0 else None
         scraped = [scrape(port) for port in ports]
-        out["folded"] = sum(metric_sum(m, "copulse_events_processed_total", outcome=outcome)
-                            for m in scraped for outcome in ("folded", "stored"))  # stored: the response markers
+        out["folded"] = sum(metric_sum(m, "copulse_events_processed_total", outcome="folded") for m in scraped)
         out["not_folded"] = sum(metric_sum(m, "copulse_events_processed_total") for m in scraped) - out["folded"]
         out["dead_lettered"] = sum(metric_sum(m, "copulse_events_dead_lettered_total") for m in scraped)
         out["kpi_rows"] = client.execute("SELECT count() FROM kpi_windows")[0][0]
