@@ -185,13 +185,15 @@ def test_jsonl_records_every_message_faithfully(tmp_path, messages):
             assert isinstance(line["event"]["amount"], str)
 
 
-def test_generation_to_file_is_fast(tmp_path):
+def test_generation_to_file_writes_every_message(tmp_path):
+    """30,000 messages to a file without Kafka (the rate is printed, never asserted: speed is measured by the
+    benchmarks, a timed assertion only measures how busy the machine is; 11k/s on a quiet machine here)."""
     n = 30_000
     started = time.perf_counter()
-    produce(S, generate_events(S, count=n, seed=3, start_ms=START, **MIX), out=tmp_path / "fast.jsonl", kafka=False, progress=False)
-    rate = n / (time.perf_counter() - started)
-    print(f"generator to file: {rate:,.0f} events/s")
-    assert rate > 5_000  # ~30k/s measured on one core; generous for loaded CI machines
+    stats = produce(S, generate_events(S, count=n, seed=3, start_ms=START, **MIX), out=tmp_path / "fast.jsonl",
+                    kafka=False, progress=False)
+    print(f"generator to file: {n / (time.perf_counter() - started):,.0f} events/s")
+    assert stats.sent == n and len((tmp_path / "fast.jsonl").read_text().splitlines()) == n
 
 
 def test_cli_writes_the_same_file_for_the_same_seed(tmp_path, monkeypatch):
