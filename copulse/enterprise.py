@@ -26,6 +26,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# the kinds the company answers at all (invitations and votes get no answer; ideas also get the funnel) and who
+# is unhappy: the worker's rules (streams/kpis.py), so the generator simulates what the KPIs count
+from streams.kpis import ANSWERABLE_KINDS, is_detractor
+
 HOUR_MS = 3_600_000
 
 #: kind of follow-up -> (median delay in hours at time scale 1, log-normal sigma: the long tail)
@@ -41,8 +45,6 @@ DELAYS_H: dict[str, tuple[float, float]] = {
 }
 #: share of answered feedback
 ANSWER_RATE = {"bug_report": 0.85, "detractor": 0.75, "other": 0.25}
-#: feedback kinds the company answers at all (invitations and votes get no answer; ideas get the funnel)
-ANSWERED_KINDS = ("survey_response", "rating", "nps", "review", "bug_report", "idea")
 CLOSE_RATE = 0.8  # answered detractor / bug-report follow-ups that are closed
 REVIEW_RATE = 0.65  # ideas that ever get under_review; the rest wait
 DECLINE_UNPLANNED = 0.6  # reviewed ideas not planned: declined (else they keep waiting)
@@ -64,21 +66,11 @@ def plan_probability(votes: int) -> float:
     return min(0.85, 0.05 + 0.12 * votes)
 
 
-def is_detractor(feedback: dict) -> bool:
-    """Unhappy: NPS or survey score 0-6, rating or review 1-2."""
-    kind, score = feedback["kind"], feedback.get("score")
-    if score is None:
-        return False
-    if kind in ("nps", "survey_response"):
-        return score <= 6
-    return kind in ("rating", "review") and score <= 2
-
-
 def follow_up_class(feedback: dict) -> str:
     """'bug_report' | 'detractor' | 'other': who answers, how often and how fast."""
     if feedback["kind"] == "bug_report":
         return "bug_report"
-    return "detractor" if is_detractor(feedback) else "other"
+    return "detractor" if is_detractor(feedback["kind"], feedback.get("score")) else "other"
 
 
 @dataclass(slots=True)
@@ -110,7 +102,7 @@ class Enterprise:
             if idea is not None:
                 idea.votes += 1
             return
-        if kind not in ANSWERED_KINDS:
+        if kind not in ANSWERABLE_KINDS:
             return
         self.last_feedback[feedback["consumer_id"]] = feedback
         at = feedback["occurred_at"]

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from copulse.settings import DIMENSIONS
-from streams.events import Event
+from streams.events import ENTERPRISE_TYPES, Event
 
 #: Feedback the company is expected to answer (not its own survey invitations, not votes). The same rule is spelt
 #: in SQL by the view feedback_loop_events (schemas/clickhouse/0008_feedback_loop.sql); tests/test_views.py
@@ -152,7 +152,7 @@ _STATUS = {status: ((_ENTERPRISE, 1), (_I[f"ideas_{status}"], 1)) for status in 
 
 def contributions(event: Event) -> Contribution:
     rec = event.record
-    if event.type == "response":  # the enterprise acting: counted in its own window; no consumer activity
+    if event.type in ENTERPRISE_TYPES:  # the enterprise acting: counted in its own window; no consumer activity
         kind = rec["kind"]
         deltas = (_STATUS[rec["status"]] if kind == "idea_status"
                   else _CASE_CLOSED if kind == "case_closed" else _ANSWER)

@@ -13,9 +13,10 @@ from helpers_events import unit_settings
 from kafka.partitioner.default import murmur2
 
 from copulse import cli
-from copulse.enterprise import ANSWERED_KINDS, DELAYS_H, follow_up_class
+from copulse.enterprise import DELAYS_H, follow_up_class
 from copulse.generator import GeneratorOptions, generate_events, produce
 from streams.codec import Decoder
+from streams.kpis import ANSWERABLE_KINDS
 from streams.errors import DECODE_REASONS, DeadLetter
 from streams.validation import decode_event
 
@@ -324,7 +325,7 @@ def test_detractors_and_bugs_are_answered_more_often_and_faster(enterprise_messa
             first_answer.setdefault(m.event["in_reply_to"], m.event["occurred_ms"])
     # feedback old enough that nearly every answer it gets has come (30 median delays of "other")
     horizon = 30 * DELAYS_H["other"][0] * 3_600_000 * ENTERPRISE_SCALE
-    answerable = [m.event for m in valid if m.type == "feedback" and m.event["kind"] in ANSWERED_KINDS
+    answerable = [m.event for m in valid if m.type == "feedback" and m.event["kind"] in ANSWERABLE_KINDS
                   and m.event["kind"] != "idea" and m.event["occurred_ms"] < end - horizon]
     by_class = collections.defaultdict(list)
     for f in answerable:
